@@ -1,0 +1,294 @@
+"""Slow, obviously correct NumPy/Python twins of `dpq_jax.metrics.retrieval` (test oracles).
+
+Everything here loops over queries and ranks one item at a time, in plain Python, with exact
+rational arithmetic (`fractions.Fraction`) for tie-aware expectations. Nothing is vectorized or
+clever, so the code can be checked by reading it against the definitions:
+
+* Ranking: items sorted by (score descending, tie key ascending); the tie key is the database
+  index (`"stable"`) or the position of the item in `np.random.default_rng(seed).permutation(N)`
+  (`"random"`).
+* AP@K = (sum over hits in the top K of precision at that hit) / denominator, with denominator
+  = hits in the top K (`"relevant_in_topk"`) or min(#relevant, K) (`"min_relevant_k"`); 0 when
+  the denominator is 0. K = -1 means all; K > N is clipped to N.
+* `"expected"`: the mean of the metric over all orderings of tied items, computed per rank
+  from the definition of expectation (McSherry & Najork 2008); `brute_force_expected` averages
+  over every ordering explicitly and checks it on tiny inputs.
+
+References:
+  F. McSherry and M. Najork, "Computing Information Retrieval Performance Measures Efficiently
+  in the Presence of Tied Scores", ECIR 2008.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+
+
+def relevance_matrix(query_labels, db_labels) -> np.ndarray:
+    """[Q, N] bool: same class id (1-D labels) or at least one shared label (multi-hot)."""
+    ql, dl = np.asarray(query_labels), np.asarray(db_labels)
+    out = np.zeros((ql.shape[0], dl.shape[0]), bool)
+    for i in range(ql.shape[0]):
+        for n in range(dl.shape[0]):
+            if ql.ndim == 1:
+                out[i, n] = ql[i] == dl[n]
+            else:
+                out[i, n] = any(ql[i, c] != 0 and dl[n, c] != 0 for c in range(ql.shape[1]))
+    return out
+
+
+def pack_bits(bits) -> np.ndarray:
+    """[n, b] 0/1 -> [n, ceil(b/32)] uint32, bit i in word i // 32 at position i % 32."""
+    bits = np.asarray(bits)
+    n, b = bits.shape
+    words = np.zeros((n, -(-b // 32)), np.uint32)
+    for r in range(n):
+        for i in range(b):
+            if bits[r, i]:
+                words[r, i // 32] |= np.uint32(1 << (i % 32))
+    return words
+
+
+def hamming_distances(query_packed, db_packed) -> np.ndarray:
+    """[Q, N] int: number of differing bits, counted with Python's bin()."""
+    q, x = np.asarray(query_packed), np.asarray(db_packed)
+    out = np.zeros((q.shape[0], x.shape[0]), np.int64)
+    for i in range(q.shape[0]):
+        for n in range(x.shape[0]):
+            out[i, n] = sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(q[i], x[n]))
+    return out
+
+
+def adc_scores(luts, codes) -> np.ndarray:
+    """[Q, N] float32: sum over m (in order) of luts[q, m, codes[n, m]]."""
+    luts, codes = np.asarray(luts, np.float32), np.asarray(codes)
+    out = np.zeros((luts.shape[0], codes.shape[0]), np.float32)
+    for i in range(luts.shape[0]):
+        for n in range(codes.shape[0]):
+            acc = np.float32(0)
+            for m in range(codes.shape[1]):
+                acc = np.float32(acc + luts[i, m, codes[n, m]])
+            out[i, n] = acc
+    return out
+
+
+def dense_scores(query_feats, db_feats, metric="ip") -> np.ndarray:
+    """[Q, N] float64 inner products, or negative squared Euclidean distances."""
+    q, x = np.asarray(query_feats, np.float64), np.asarray(db_feats, np.float64)
+    out = np.zeros((q.shape[0], x.shape[0]))
+    for i in range(q.shape[0]):
+        for n in range(x.shape[0]):
+            out[i, n] = q[i] @ x[n] if metric == "ip" else -np.sum((q[i] - x[n]) ** 2)
+    return out
+
+
+def tie_keys(num_items: int, ties: str, seed: int = 0) -> np.ndarray:
+    """Secondary sort key per item: its index, or its position in the seeded permutation."""
+    if ties == "random":
+        perm = np.random.default_rng(seed).permutation(num_items)
+        keys = np.empty(num_items, np.int64)
+        keys[perm] = np.arange(num_items)
+        return keys
+    return np.arange(num_items)
+
+
+def ranking(scores_row, keys) -> list[int]:
+    """Item ids in ranked order: higher score first, then smaller tie key."""
+    return sorted(range(len(scores_row)), key=lambda n: (-float(scores_row[n]), int(keys[n])))
+
+
+def _clip(k, n):
+    return n if k == -1 else min(k, n)
+
+
+def ranked_average_precision(rel_ranked, k, denominator) -> float:
+    """AP@k of one ranked 0/1 relevance list."""
+    K = _clip(k, len(rel_ranked))
+    hits, total = 0, 0.0
+    for pos in range(1, K + 1):
+        if rel_ranked[pos - 1]:
+            hits += 1
+            total += hits / pos
+    den = hits if denominator == "relevant_in_topk" else min(int(sum(rel_ranked)), K)
+    return total / den if den > 0 else 0.0
+
+
+def _tie_groups(scores_row, rel_row):
+    """[(t, r)] for each group of equal scores, best score first: size and #relevant."""
+    groups = {}
+    for s, r in zip(scores_row, rel_row):
+        t, rr = groups.get(float(s), (0, 0))
+        groups[float(s)] = (t + 1, rr + int(bool(r)))
+    return [groups[s] for s in sorted(groups, reverse=True)]
+
+
+def _expected_rel_prec(A, a, t, r, p, hits_in_group=None, m=None) -> Fraction:
+    """E[rel * precision] at rank A + p of a tie group (t items, r relevant; a relevant above).
+
+    Without `hits_in_group`: over all orderings of the group. With it: given that exactly
+    `hits_in_group` relevant items fall in the group's first m ranks (uniformly placed).
+    """
+    if hits_in_group is None:
+        n_slots, n_rel = t, r
+    else:
+        n_slots, n_rel = m, hits_in_group
+    if n_rel == 0:
+        return Fraction(0)
+    p_rel = Fraction(n_rel, n_slots)
+    # Given rank p is relevant, each of the p-1 earlier slots is relevant w.p.
+    # (n_rel-1)/(n_slots-1): the expected number of relevant items before it in the group.
+    before = Fraction((p - 1) * (n_rel - 1), n_slots - 1) if n_slots > 1 else Fraction(0)
+    return p_rel * (a + 1 + before) / (A + p)
+
+
+def expected_average_precision(scores_row, rel_row, k=-1, denominator="relevant_in_topk"):
+    """Exact E[AP@k] over all orderings of tied items (Fractions; returns float)."""
+    n = len(scores_row)
+    K = _clip(k, n)
+    R = int(sum(bool(r) for r in rel_row))
+    A = a = 0
+    s_above = Fraction(0)  # expected sum of rel*prec over ranks <= A
+    for t, r in _tie_groups(scores_row, rel_row):
+        if A + t < K:
+            for p in range(1, t + 1):
+                s_above += _expected_rel_prec(A, a, t, r, p)
+            A, a = A + t, a + r
+            continue
+        m = K - A  # the cut falls in this group: its first m ranks are in the top K
+        if denominator == "min_relevant_k":
+            s = s_above + sum(_expected_rel_prec(A, a, t, r, p) for p in range(1, m + 1))
+            den = min(R, K)
+            return float(s / den) if den else 0.0
+        total = Fraction(0)
+        for h in range(0, min(m, r) + 1):
+            prob = Fraction(math.comb(r, h) * math.comb(t - r, m - h), math.comb(t, m))
+            if prob == 0 or a + h == 0:
+                continue
+            g = sum(_expected_rel_prec(A, a, t, r, p, h, m) for p in range(1, m + 1))
+            total += prob * (s_above + g) / (a + h)
+        return float(total)
+    return 0.0  # unreachable for n >= 1
+
+
+def expected_hits(scores_row, rel_row, k) -> Fraction:
+    """E[#relevant in the top k] over tie orderings."""
+    K = _clip(k, len(scores_row))
+    A = a = 0
+    for t, r in _tie_groups(scores_row, rel_row):
+        if A + t >= K:
+            return Fraction(a) + Fraction((K - A) * r, t)
+        A, a = A + t, a + r
+    return Fraction(a)
+
+
+def brute_force_expected(scores_row, rel_row, metric) -> float:
+    """Average of metric(ranked 0/1 list) over every ordering of tied items (tiny inputs)."""
+    groups = {}
+    for s, r in zip(scores_row, rel_row):
+        groups.setdefault(float(s), []).append(int(bool(r)))
+    ordered = [groups[s] for s in sorted(groups, reverse=True)]
+    per_group = [list(itertools.permutations(g)) for g in ordered]
+    total, count = 0.0, 0
+    for combo in itertools.product(*per_group):
+        ranked = [x for grp in combo for x in grp]
+        total += metric(ranked)
+        count += 1
+    return total / count
+
+
+def _per_query(scores, rel, ties, seed, fn):
+    scores = np.asarray(scores)
+    keys = tie_keys(scores.shape[1], ties, seed)
+    out = []
+    for i in range(scores.shape[0]):
+        if ties == "expected":
+            out.append(fn(scores[i], rel[i], None))
+        else:
+            order = ranking(scores[i], keys)
+            out.append(fn(scores[i], rel[i], [int(rel[i, n]) for n in order]))
+    return np.asarray(out, np.float64)
+
+
+def _mean(values, has_rel, empty):
+    if empty == "skip":
+        return float(values[has_rel].mean()) if has_rel.any() else float("nan")
+    return float(values.mean())
+
+
+def retrieval_metrics(
+    scores,
+    query_labels,
+    db_labels,
+    *,
+    map_ks=(-1,),
+    precision_ks=(5,),
+    recall_ks=(),
+    denominator="relevant_in_topk",
+    empty="zero",
+    ties="stable",
+    seed=0,
+) -> dict[str, float]:
+    """Oracle for `retrieval.retrieval_metrics` from a dense [Q, N] score matrix."""
+    rel = relevance_matrix(query_labels, db_labels)
+    scores = np.asarray(scores)
+    n = scores.shape[1]
+    R = rel.sum(axis=1)
+    has = R > 0
+    res = {}
+    for k in map_ks:
+        if ties == "expected":
+            fn = lambda s, r, _, k=k: expected_average_precision(s, r, k, denominator)  # noqa: E731
+        else:
+            fn = lambda s, r, ranked, k=k: ranked_average_precision(ranked, k, denominator)  # noqa: E731
+        res["map@all" if k == -1 else f"map@{k}"] = _mean(
+            _per_query(scores, rel, ties, seed, fn), has, empty
+        )
+
+    def hits_fn(k):
+        if ties == "expected":
+            return lambda s, r, _: float(expected_hits(s, r, k))
+        return lambda s, r, ranked: float(sum(ranked[: _clip(k, n)]))
+
+    for k in precision_ks:
+        h = _per_query(scores, rel, ties, seed, hits_fn(k))
+        res[f"p@{k}"] = _mean(h / _clip(k, n), has, empty)
+    for k in recall_ks:
+        h = _per_query(scores, rel, ties, seed, hits_fn(k))
+        res[f"r@{k}"] = _mean(np.where(has, h / np.maximum(R, 1), 0.0), has, empty)
+    return res
+
+
+def hamming_radius_pr(dist, rel, radius, empty="zero") -> tuple[float, float]:
+    """Mean precision and recall of items with distance <= radius (precision 0 if none)."""
+    dist, rel = np.asarray(dist), np.asarray(rel)
+    precs, recs = [], []
+    for i in range(dist.shape[0]):
+        got = [n for n in range(dist.shape[1]) if dist[i, n] <= radius]
+        good = sum(int(rel[i, n]) for n in got)
+        precs.append(good / len(got) if got else 0.0)
+        total = int(rel[i].sum())
+        recs.append(good / total if total else 0.0)
+    has = rel.sum(axis=1) > 0
+    return _mean(np.asarray(precs), has, empty), _mean(np.asarray(recs), has, empty)
+
+
+def pr_curve_rank(scores, rel, cutoffs, ties="stable", seed=0, empty="zero"):
+    """Mean precision and recall at each rank cut-off ([P] arrays)."""
+    scores, rel = np.asarray(scores), np.asarray(rel)
+    n = scores.shape[1]
+    R = rel.sum(axis=1)
+    has = R > 0
+    precs, recs = [], []
+    for k in cutoffs:
+        if ties == "expected":
+            fn = lambda s, r, _, k=k: float(expected_hits(s, r, k))  # noqa: E731
+        else:
+            fn = lambda s, r, ranked, k=k: float(sum(ranked[: _clip(k, n)]))  # noqa: E731
+        h = _per_query(scores, rel, ties, seed, fn)
+        precs.append(_mean(h / _clip(k, n), has, empty))
+        recs.append(_mean(np.where(has, h / np.maximum(R, 1), 0.0), has, empty))
+    return np.asarray(precs), np.asarray(recs)

@@ -1,0 +1,299 @@
+"""OPQN's product-quantization head: learnable soft assignment onto fixed orthonormal codewords.
+
+The embedding x `[B, D]` is split into M sub-vectors x_m `[d]`. A learnable linear map
+A_m `[d, K]` gives assignment probabilities `p_m = softmax(x_m A_m)`; the soft quantization is
+`s_m = C_m p_m` with fixed orthonormal codewords C_m (rows of `codebooks[m]`, `[K, d]`). Hard
+codes are `argmax_k x_m A_m` and the query lookup table is `softmax(x_m/|x_m| A_m)`.
+
+Pure functions hold the maths; `OrthoPQHead` only holds `A` (trainable) and the codebooks (a
+`FixedCodebook` variable, which `nnx.Optimizer(..., wrt=nnx.Param)` never updates). All
+softmax and inner products run in float32 at HIGHEST matmul precision, whatever the input dtype.
+
+References:
+  Zhang, Zhe & Yan, "Orthonormal Product Quantization Network for Scalable Face Image
+  Retrieval", Pattern Recognition 2023 (arXiv 2107.00327), Sec. 3.2-3.4; METHODS.md Sec. 1.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dpq_jax.quantizers.codebooks import make_codebooks
+from dpq_jax.quantizers.outputs import QuantizerOutput
+from dpq_jax.typing import Array, Float, Int, UInt8
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+# Denominator floor of the L2 normalisation (as torch.nn.functional.normalize).
+_NORM_EPS = 1e-12
+MAX_CODEBOOK_SIZE = 256  # codes are stored as uint8
+
+
+def split_subvectors(x: Float[Array, "B D"], num_codebooks: int) -> Float[Array, "B M d"]:
+    """Splits each row into M contiguous sub-vectors: `[B, D] -> [B, M, D/M]`.
+
+    Args:
+      x: `[B, D]` embeddings.
+      num_codebooks: M, which must divide D.
+
+    Returns:
+      `[B, M, d]` with `out[b, m] = x[b, m*d:(m+1)*d]`.
+
+    Raises:
+      ValueError: x is not 2-D, or M does not divide D.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"Expected embeddings of shape [B, D], got shape {tuple(x.shape)}.")
+    dim = x.shape[1]
+    if num_codebooks < 1 or dim % num_codebooks:
+        raise ValueError(
+            f"num_codebooks M={num_codebooks} must divide the embedding width D={dim}; "
+            f"choose M among the divisors of D, or change the embedding width."
+        )
+    return x.reshape(x.shape[0], num_codebooks, dim // num_codebooks)  # [B, M, d]
+
+
+def _check_sub(x_sub, assign) -> None:
+    if x_sub.ndim != 3 or assign.ndim != 3 or x_sub.shape[1:] != assign.shape[:2]:
+        raise ValueError(
+            f"Sub-vectors [B, M, d] {tuple(x_sub.shape)} do not match the assignment maps "
+            f"[M, d, K] {tuple(assign.shape)}; split the embedding with the head's M."
+        )
+
+
+def _l2_normalize(x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+    # x / max(|x|, eps), written with rsqrt of the clamped square so that a zero vector gets a
+    # finite gradient (the derivative of sqrt at 0 is infinite).
+    sumsq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sumsq, _NORM_EPS**2))
+
+
+def assignment_logits(
+    x_sub: Float[Array, "B M d"], assign: Float[Array, "M d K"], normalize: bool = False
+) -> Float[Array, "B M K"]:
+    """Float32 assignment scores `x_m A_m` (optionally with `x_m` L2-normalised first).
+
+    Args:
+      x_sub: `[B, M, d]` sub-vectors.
+      assign: `[M, d, K]` linear assignment maps A_m.
+      normalize: divide each x_m by `max(|x_m|, 1e-12)` first.
+
+    Returns:
+      `[B, M, K]` float32 scores.
+
+    Raises:
+      ValueError: the shapes do not match.
+    """
+    _check_sub(x_sub, assign)
+    x_sub = x_sub.astype(jnp.float32)
+    if normalize:
+        x_sub = _l2_normalize(x_sub)
+    return jnp.einsum("bmd,mdk->bmk", x_sub, assign.astype(jnp.float32), precision=_HIGHEST)
+
+
+def soft_assign(
+    x_sub: Float[Array, "B M d"], assign: Float[Array, "M d K"], normalize: bool = False
+) -> Float[Array, "B M K"]:
+    """Soft assignment `p_m = softmax_k(x_m A_m)` (METHODS Sec. 1.1).
+
+    Training uses the raw x_m (`normalize=False`, no temperature); the query lookup table uses
+    the L2-normalised one (`normalize=True`), which is flatter (METHODS Sec. 1.6, trap 4).
+
+    Args:
+      x_sub: `[B, M, d]` sub-vectors (any float dtype; computed in float32).
+      assign: `[M, d, K]` assignment maps A_m.
+      normalize: L2-normalise each x_m first.
+
+    Returns:
+      `[B, M, K]` float32 probabilities, summing to 1 over K.
+
+    Raises:
+      ValueError: the shapes do not match.
+
+    References:
+      OPQN Sec. 3.2, Eq. (soft assignment `p_m = softmax(x_m A_m)`).
+    """
+    return jax.nn.softmax(assignment_logits(x_sub, assign, normalize), axis=-1)
+
+
+def soft_quantize(
+    probs: Float[Array, "B M K"], codebooks: Float[Array, "M K d"]
+) -> Float[Array, "B M d"]:
+    """Soft quantization `s_m = C_m p_m = sum_k p_mk c_mk`.
+
+    Args:
+      probs: `[B, M, K]` assignment probabilities.
+      codebooks: `[M, K, d]` codewords (rows).
+
+    Returns:
+      `[B, M, d]` float32.
+
+    Raises:
+      ValueError: the shapes do not match.
+    """
+    if probs.ndim != 3 or codebooks.ndim != 3 or probs.shape[1:] != codebooks.shape[:2]:
+        raise ValueError(
+            f"Probabilities [B, M, K] {tuple(probs.shape)} do not match codebooks [M, K, d] "
+            f"{tuple(codebooks.shape)}."
+        )
+    return jnp.einsum(
+        "bmk,mkd->bmd",
+        probs.astype(jnp.float32),
+        codebooks.astype(jnp.float32),
+        precision=_HIGHEST,
+    )
+
+
+def hard_codes(x_sub: Float[Array, "B M d"], assign: Float[Array, "M d K"]) -> UInt8[Array, "B M"]:
+    """Database codes `code_m = argmax_k x_m A_m` (normalising x_m would not change them).
+
+    Args:
+      x_sub: `[B, M, d]` sub-vectors.
+      assign: `[M, d, K]` assignment maps, K <= 256.
+
+    Returns:
+      `[B, M]` uint8 codes (the first maximum on ties).
+
+    Raises:
+      ValueError: shapes do not match, or K > 256.
+
+    References:
+      OPQN Sec. 3.4; METHODS.md Sec. 1.4 (`compute_quant_indexing`).
+    """
+    if assign.shape[-1] > MAX_CODEBOOK_SIZE:
+        raise ValueError(
+            f"codebook_size K={assign.shape[-1]} does not fit uint8 codes; use K <= 256."
+        )
+    logits = assignment_logits(x_sub, assign)  # [B, M, K]
+    return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
+
+
+def reconstruct(
+    codes: Int[Array, "B M"] | UInt8[Array, "B M"], codebooks: Float[Array, "M K d"]
+) -> Float[Array, "B M d"]:
+    """Hard reconstruction: `out[b, m] = codebooks[m, codes[b, m]]`.
+
+    Args:
+      codes: `[B, M]` integer codes in `[0, K)`.
+      codebooks: `[M, K, d]`.
+
+    Returns:
+      `[B, M, d]` codewords (a gather, so exact).
+
+    Raises:
+      ValueError: the shapes do not match.
+    """
+    if codes.ndim != 2 or codebooks.ndim != 3 or codes.shape[1] != codebooks.shape[0]:
+        raise ValueError(
+            f"Codes [B, M] {tuple(codes.shape)} do not match codebooks [M, K, d] "
+            f"{tuple(codebooks.shape)}."
+        )
+    # vmap over the M books: book [K, d] gathered at codes[:, m] [B] -> [B, d]; stacked at axis 1.
+    return jax.vmap(lambda book, idx: book[idx], in_axes=(0, 1), out_axes=1)(
+        codebooks, codes.astype(jnp.int32)
+    )
+
+
+def probability_lut(
+    q_sub: Float[Array, "Q M d"], assign: Float[Array, "M d K"]
+) -> Float[Array, "Q M K"]:
+    """OPQN's query lookup table `LUT[m, k] = softmax_k(q_m/|q_m| A_m)`.
+
+    A database item with codes `code` scores `sum_m LUT[m, code_m]` (higher is closer). Since
+    the codewords are orthonormal this equals `<[C_m p_m]_m, [c_{m, code_m}]_m>`: inner-product
+    ADC of the soft-quantized query against the hard reconstruction.
+
+    Args:
+      q_sub: `[Q, M, d]` query sub-vectors.
+      assign: `[M, d, K]` assignment maps.
+
+    Returns:
+      `[Q, M, K]` float32.
+
+    References:
+      METHODS.md Sec. 1.4 (`PqDistRet_Ortho`).
+    """
+    return soft_assign(q_sub, assign, normalize=True)
+
+
+class FixedCodebook(nnx.Variable):
+    """A non-trainable variable for predefined codewords.
+
+    Not an `nnx.Param`, so `nnx.Optimizer(model, tx, wrt=nnx.Param)` and `nnx.grad` (whose
+    default is `wrt=nnx.Param`) leave it unchanged; it is still saved with `nnx.state(model)`.
+    """
+
+
+class OrthoPQHead(nnx.Module):
+    """OPQN quantization layer: `p_m = softmax(x_m A_m)`, `s_m = C_m p_m`, fixed orthonormal C_m.
+
+    Attributes:
+      assign: `nnx.Param [M, d, K]`, Xavier-uniform per subspace (fan_in d, fan_out K).
+      codebooks: `FixedCodebook [M, K, d]`, rows orthonormal per book.
+
+    References:
+      OPQN Sec. 3.2 (`OrthoPQ` in the reference `margin_metric.py`); METHODS.md Sec. 1.1.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        *,
+        num_codebooks: int,
+        codebook_size: int,
+        codebook_init: str = "dct",
+        seed: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        """Builds the head.
+
+        Args:
+          features: D, the embedding width.
+          num_codebooks: M, dividing D.
+          codebook_size: K, with K <= D/M (orthonormality) and K <= 256 (uint8 codes).
+          codebook_init: `"dct"` (OPQN's DCT-II powers) or `"qr"` (random orthonormal).
+          seed: seed of the `"qr"` codebooks.
+          rngs: `nnx.Rngs` for the assignment maps.
+
+        Raises:
+          ValueError: M does not divide D, K > 256, K > D/M, or an unknown codebook_init.
+        """
+        if num_codebooks < 1 or features % num_codebooks:
+            raise ValueError(
+                f"num_codebooks M={num_codebooks} must divide the embedding width "
+                f"D={features}; choose M among the divisors of D."
+            )
+        if not 1 <= codebook_size <= MAX_CODEBOOK_SIZE:
+            raise ValueError(
+                f"codebook_size K={codebook_size} must be in [1, 256] so codes fit uint8."
+            )
+        dim = features // num_codebooks
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.features = features
+        self.codebooks = FixedCodebook(
+            make_codebooks(codebook_init, num_codebooks, codebook_size, dim, seed)
+        )  # [M, K, d]
+        init = jax.nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
+        self.assign = nnx.Param(
+            init(rngs.params(), (num_codebooks, dim, codebook_size), jnp.float32)
+        )  # [M, d, K]
+
+    def __call__(self, feats: Float[Array, "B D"]) -> QuantizerOutput:
+        """Soft and hard quantization of a batch.
+
+        Args:
+          feats: `[B, D]` embeddings (any float dtype; the head computes in float32).
+
+        Returns:
+          `QuantizerOutput(feats [B, D] f32, soft [B, D] f32, probs [B, M, K], codes [B, M])`.
+        """
+        feats = feats.astype(jnp.float32)
+        x_sub = split_subvectors(feats, self.num_codebooks)  # [B, M, d]
+        assign = self.assign[...]
+        logits = assignment_logits(x_sub, assign)  # [B, M, K]
+        probs = jax.nn.softmax(logits, axis=-1)
+        soft = soft_quantize(probs, self.codebooks[...])  # [B, M, d]
+        codes = jnp.argmax(logits, axis=-1).astype(jnp.uint8)  # [B, M]
+        return QuantizerOutput(
+            feats=feats, soft=soft.reshape(feats.shape), probs=probs, codes=codes
+        )

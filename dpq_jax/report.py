@@ -1,0 +1,95 @@
+"""The end-of-training retrieval report: a table, `report.json`, and a precision-recall PNG.
+
+Every number is written next to its protocol, code length, K and metric conventions.
+"""
+
+import math
+
+import numpy as np
+
+
+def build_report(config, *, step, selected_on, metrics, baseline, evaluators, splits) -> dict:
+    """Collects the final numbers of each final evaluator with their protocol and conventions."""
+    head = config.model.head
+    bits = int(head.num_codebooks * math.log2(head.codebook_size))
+    rows = []
+    for name, evaluator in evaluators.items():
+        rows.append(
+            {
+                "eval": name,
+                "protocol": config.protocol,
+                "query_split": evaluator.cfg.query,
+                "database_split": evaluator.cfg.database,
+                "num_queries": int(len(getattr(splits, evaluator.cfg.query))),
+                "num_database": int(len(getattr(splits, evaluator.cfg.database))),
+                "bits": bits,
+                "search": f"ADC, query side {evaluator.cfg.query_side!r}",
+                "metrics": {k.split("/", 1)[1]: v for k, v in metrics.items()
+                            if k.startswith(name + "/")},
+                "raw_pixels": {k.split("/", 2)[2]: v for k, v in baseline.items()
+                               if k.startswith(name + "/raw_pixels/")},
+                "conventions": evaluator.conventions,
+            }
+        )
+    return {
+        "method": config.method,
+        "dataset": config.input.dataset,
+        "protocol": config.protocol,
+        "bits": bits,
+        "selected_step": int(step),
+        "selected_on": selected_on or "last step",
+        "splits": splits.summary(),
+        "results": rows,
+    }
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table of the report, one row per final evaluator."""
+    lines = [
+        f"Retrieval report: {report['method']} on {report['dataset']}, protocol "
+        f"{report['protocol']}, {report['bits']}-bit codes, checkpoint step "
+        f"{report['selected_step']} (selected on {report['selected_on']})",
+        f"splits: {report['splits']}",
+    ]
+    for row in report["results"]:
+        keys = list(row["metrics"])
+        header = ["protocol", "bits"] + keys + [f"raw pixels {k}" for k in row["raw_pixels"]]
+        values = [row["protocol"], str(row["bits"])]
+        values += [f"{row['metrics'][k]:.4f}" for k in keys]
+        values += [f"{v:.4f}" for v in row["raw_pixels"].values()]
+        widths = [max(len(h), len(v)) for h, v in zip(header, values, strict=True)]
+        lines.append(
+            f"[{row['eval']}] {row['num_queries']} queries × {row['num_database']} database "
+            f"items, {row['search']}"
+        )
+        lines.append(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines.append("-+-".join("-" * w for w in widths))
+        lines.append(" | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)))
+        conv = ", ".join(f"{k}={v}" for k, v in row["conventions"].items())
+        lines.append(f"conventions: {conv}")
+    return "\n".join(lines)
+
+
+def plot_pr_curves(curves: dict, path: str, title: str = "") -> None:
+    """Saves precision-recall curves `{name: (precision [T], recall [T])}` as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for name, curve in curves.items():
+        if curve is None:
+            continue
+        precision, recall = (np.asarray(c) for c in curve)
+        ax.plot(recall, precision, label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Precision-recall {title}".strip())
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
