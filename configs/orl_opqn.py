@@ -43,7 +43,9 @@ def get_config(arg=None):
 
     config.method = "opqn"
     config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict({"name": "cnn_small", "widths": (32, 64, 128)})
+    config.model.backbone = ml_collections.ConfigDict(
+        {"name": "cnn_small", "widths": (32, 64, 128)}
+    )
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()
     config.model.head.name = "opqn"
@@ -93,7 +95,7 @@ def get_config(arg=None):
         config.model.backbone.widths = (4, 8)
         config.evals.val.log_steps = 2
         config.tensorboard = False
-    return config
+    return config.lock()
 
 
 def _retrieval_eval(query, database, *, log_steps, final):

@@ -52,7 +52,9 @@ def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.Con
             try:
                 parsed[key] = kind(value.strip())
             except ValueError as e:
-                raise ValueError(f"Config argument {key}={value!r} is not a {kind.__name__}.") from e
+                raise ValueError(
+                    f"Config argument {key}={value!r} is not a {kind.__name__}."
+                ) from e
     return parsed
 
 

@@ -78,9 +78,7 @@ def encode_split(
     # One transfer at the end keeps the device loop asynchronous.
     gathered = [_to_host(out) for out in outputs]
     mask = np.concatenate([_to_host_mask(m) for m in masks])
-    result = {
-        key: np.concatenate([g[key] for g in gathered])[mask] for key in gathered[0]
-    }
+    result = {key: np.concatenate([g[key] for g in gathered])[mask] for key in gathered[0]}
     count = mask.sum()
     if count != len(indices):
         raise RuntimeError(f"encode_split returned {count} items for {len(indices)} indices.")

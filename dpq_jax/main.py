@@ -22,6 +22,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+
     if os.environ.get("DPQ_JAX_DISTRIBUTED") == "1":
         # TPU VMs and SLURM are auto-detected; otherwise JAX reads JAX_COORDINATOR_ADDRESS and
         # the process count and index come from these variables.

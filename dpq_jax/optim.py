@@ -55,8 +55,13 @@ def make_optimizer(
         parts.append(optax.add_decayed_weights(weight_decay))
     name = cfg.name
     if name == "sgd":
-        parts.append(optax.sgd(schedule, momentum=cfg.get("momentum", 0.9) or None,
-                               nesterov=cfg.get("nesterov", False)))
+        parts.append(
+            optax.sgd(
+                schedule,
+                momentum=cfg.get("momentum", 0.9) or None,
+                nesterov=cfg.get("nesterov", False),
+            )
+        )
     elif name == "adam":
         parts.append(optax.adam(schedule))
     elif name == "adamw":

@@ -33,7 +33,9 @@ def make_mesh(
       ValueError: unknown axis type, or more devices asked for than exist.
     """
     if axis_types not in _AXIS_TYPES:
-        raise ValueError(f"mesh_axis_types must be one of {sorted(_AXIS_TYPES)}, got {axis_types!r}.")
+        raise ValueError(
+            f"mesh_axis_types must be one of {sorted(_AXIS_TYPES)}, got {axis_types!r}."
+        )
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices) if num_devices in (-1, None) else int(num_devices)
     if n > len(devices) or n < 1:

@@ -24,10 +24,14 @@ def build_report(config, *, step, selected_on, metrics, baseline, evaluators, sp
                 "num_database": int(len(getattr(splits, evaluator.cfg.database))),
                 "bits": bits,
                 "search": f"ADC, query side {evaluator.cfg.query_side!r}",
-                "metrics": {k.split("/", 1)[1]: v for k, v in metrics.items()
-                            if k.startswith(name + "/")},
-                "raw_pixels": {k.split("/", 2)[2]: v for k, v in baseline.items()
-                               if k.startswith(name + "/raw_pixels/")},
+                "metrics": {
+                    k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(name + "/")
+                },
+                "raw_pixels": {
+                    k.split("/", 2)[2]: v
+                    for k, v in baseline.items()
+                    if k.startswith(name + "/raw_pixels/")
+                },
                 "conventions": evaluator.conventions,
             }
         )

@@ -40,6 +40,7 @@ class TrainResult:
     metrics: dict[str, float]  # last training metrics
     report: dict | None  # final retrieval report (None when stopped early)
     workdir: str
+    state: Any = None  # the NNX state of (model, optimizer) after the last trained step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     splits = protocols.get_splits(
         config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
     )
-    logging.info("Protocol %s: %s", config.protocol, splits.summary())
+    _say(f"Protocol {config.protocol}: {splits.summary()}")
     train_source, num_classes = training_subset(source, splits.train)
     train_data = pipeline.TrainPipeline(
         train_source,
@@ -218,8 +219,13 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     graphdef, state = nnx.split((model, optimizer))
     del model, optimizer
     state = jax.device_put(state, parallel.replicated(mesh))
-    num_params = sum(x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
-    logging.info("Model %s: %.2fM parameters.", config.method, num_params / 1e6)
+    num_params = sum(
+        x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+    )
+    _say(
+        f"Model {config.method}: {num_params / 1e6:.2f}M parameters; {jax.device_count()} "
+        f"device(s) ({jax.devices()[0].platform}), global batch {config.input.batch_size}."
+    )
 
     # ---------------------------------------------------------------------------- Checkpoint
     signature = model_signature(config, num_classes)
@@ -241,7 +247,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
                 "--workdir."
             )
         start_step = int(meta["step"])
-        logging.info("Resumed from step %d in %s.", start_step, ckpt.directory)
+        _say(f"Resumed from step {start_step} in {ckpt.directory}.")
     meta_base = {
         "signature": signature,
         "split_checksum": splits.checksum(),
@@ -299,7 +305,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
                     eval_metrics.update(evaluator.run(state))
             if eval_metrics:
                 writer.write(step, eval_metrics)
-                logging.info("step %d: %s", step, _fmt(eval_metrics))
+                _say(f"step {step}: {_fmt(eval_metrics)}")
             if ckpt_now or preempted:
                 selection = (
                     {select_on: eval_metrics[select_on]} if select_on in eval_metrics else None
@@ -327,11 +333,12 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
         )
     ckpt.close()
     writer.close()
-    return TrainResult(step, stopped_early, last_metrics, report, workdir)
+    return TrainResult(step, stopped_early, last_metrics, report, workdir, state)
 
 
-def _final_report(config, workdir, ckpt, state, evaluators, select_on, source, splits, mesh,
-                  writer):
+def _final_report(
+    config, workdir, ckpt, state, evaluators, select_on, source, splits, mesh, writer
+):
     """Restores the best-on-validation checkpoint and writes the retrieval report."""
     from dpq_jax import report as report_lib
 
@@ -339,7 +346,7 @@ def _final_report(config, workdir, ckpt, state, evaluators, select_on, source, s
     step = ckpt.latest_step()
     if best is not None and best != step:
         state, _ = ckpt.restore(checkpointing.abstract_like(state), step=best)
-        logging.info("Selected step %d on %s (validation).", best, select_on)
+        _say(f"Selected the checkpoint of step {best} on {select_on} (validation split).")
         step = best
     final = {}
     curves = {}
@@ -349,19 +356,35 @@ def _final_report(config, workdir, ckpt, state, evaluators, select_on, source, s
             curves[name] = evaluator.last_curve
     baseline = {}
     if config.get("raw_pixel_baseline", True):
-        for name, evaluator in evaluators.items():
+        for evaluator in evaluators.values():
             if evaluator.final:
                 baseline.update(evaluator.run_raw_pixels())
     writer.write(step, {**final, **baseline})
     rep = report_lib.build_report(
-        config, step=step, selected_on=select_on, metrics=final, baseline=baseline,
-        evaluators={n: e for n, e in evaluators.items() if e.final}, splits=splits,
+        config,
+        step=step,
+        selected_on=select_on,
+        metrics=final,
+        baseline=baseline,
+        evaluators={n: e for n, e in evaluators.items() if e.final},
+        splits=splits,
     )
     writer.write_json("report.json", rep)
     if jax.process_index() == 0:
-        report_lib.plot_pr_curves(curves, os.path.join(workdir, "pr_curve.png"), title=config.protocol)
+        report_lib.plot_pr_curves(
+            curves, os.path.join(workdir, "pr_curve.png"), title=config.protocol
+        )
         print(report_lib.format_report(rep), flush=True)
     return rep
+
+
+def _say(message: str) -> None:
+    """A status line on the console of process 0 (above the progress bar) and in the log."""
+    logging.info(message)
+    if jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
 
 
 def _fmt(metrics: dict) -> str:

@@ -81,8 +81,10 @@ def test_lut_progressive_scores_equal_partial_reconstruction():
         np.testing.assert_allclose(lut, ref.lut_progressive(query, codebooks, levels), rtol=1e-5)
         # The l-level score equals the inner product with the partial reconstruction.
         recon = np.stack(
-            [sum(codebooks[i, codes[n, i]].astype(np.float64) for i in range(levels))
-             for n in range(7)]
+            [
+                sum(codebooks[i, codes[n, i]].astype(np.float64) for i in range(levels))
+                for n in range(7)
+            ]
         )
         np.testing.assert_allclose(
             adc.adc_scores(lut, codes), query.astype(np.float64) @ recon.T, rtol=1e-5, atol=1e-5
@@ -135,7 +137,12 @@ def test_adc_topk_equals_bruteforce(kernel, larger, n, chunk, k, q, qchunk, dist
     lut = _dyadic_lut(rng, q, 3, 8)
     codes = _codes(rng, n, 3, 8, distinct)
     scores, ids = adc.adc_topk(
-        lut, codes, k, chunk_size=chunk, query_chunk=qchunk, larger_is_better=larger,
+        lut,
+        codes,
+        k,
+        chunk_size=chunk,
+        query_chunk=qchunk,
+        larger_is_better=larger,
         kernel=kernel,
     )
     ref_scores, ref_ids = ref.adc_topk(lut, codes, k, larger_is_better=larger)
@@ -235,6 +242,20 @@ def test_sharded_accepts_device_arrays_and_ascending(cpu_devices):
     codes = jnp.asarray(_codes(rng, 17, 2, 4))
     _, ids = adc.adc_topk_sharded(lut, codes, 17, mesh, chunk_size=2, larger_is_better=False)
     np.testing.assert_array_equal(ids, ref.adc_topk(lut, codes, 17, larger_is_better=False)[1])
+
+
+def test_database_already_split_over_devices_is_searched_in_place(cpu_devices):
+    mesh = parallel.make_mesh(devices=cpu_devices)
+    rng = _rng(14)
+    lut = _dyadic_lut(rng, 2, 2, 4)
+    codes = _codes(rng, 64, 2, 4, distinct=2)
+    placed = jax.device_put(codes, parallel.data_sharding(mesh))  # explicit-mode sharded
+    _, ids = adc.adc_topk(lut, placed, 12, chunk_size=4)
+    np.testing.assert_array_equal(ids, ref.adc_topk(lut, codes, 12)[1])
+    query = rng.standard_normal((2, 4)).astype(np.float32)
+    codebooks = rng.standard_normal((2, 4, 2)).astype(np.float32)
+    _, ids = adc.decode_topk(query, codebooks, placed, 5)
+    np.testing.assert_array_equal(ids, ref.topk(ref.decode_scores(query, codebooks, codes), 5)[1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,20 @@ from dpq_jax.metrics import reference as ref
 from dpq_jax.metrics import retrieval as rm
 from dpq_jax.parallel import make_mesh
 
+_SAVED_FLAGS = {}
+
+
+def setUpModule():
+    # Tiny inputs: compile time dominates, so skip XLA's optimization passes in this module
+    # only (restored below). Results are exact integer/rational comparisons either way.
+    _SAVED_FLAGS["opt"] = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
+def tearDownModule():
+    jax.config.update("jax_disable_most_optimizations", _SAVED_FLAGS["opt"])
+
+
 # One set of cut-offs for the randomized tests, so compiled kernels are shared between them.
 MAP_KS = (-1, 1, 5, 17, 1000)  # 1000 > N: clipped to N
 P_KS = (1, 5, 60)
@@ -84,8 +98,7 @@ class OracleTest(parameterized.TestCase):
         want = ref.retrieval_metrics(-dist.astype(np.float64), ql, dl, **kw)
         _assert_close(self, got, want, want)
 
-    @parameterized.parameters(("stable",), ("expected",))
-    def test_adc_and_dense_sources(self, ties):
+    def test_adc_and_dense_sources(self):
         # Integer-valued LUTs and features keep float32 sums exact, so ties are identical.
         rng = np.random.default_rng(3)
         q, n, m, k = 5, 90, 3, 5
@@ -94,19 +107,19 @@ class OracleTest(parameterized.TestCase):
         ql, dl = rng.integers(0, 4, q), rng.integers(0, 4, n)
         adc = ref.adc_scores(luts, codes)
         np.testing.assert_array_equal(np.asarray(rm.adc_scores(luts, codes)), adc)
-        kw = dict(map_ks=(-1, 10), precision_ks=(5,), ties=ties)
-        for src, scores in (
-            (rm.adc_source(luts, codes), adc),
-            (rm.adc_source(luts, codes, lut_is_distance=True), -adc),
-        ):
-            _assert_close(self, rm.retrieval_metrics(src, ql, dl, **kw),
-                          ref.retrieval_metrics(scores, ql, dl, **kw), ("map@all", "map@10", "p@5"))
         qf = rng.integers(-2, 3, (q, 4)).astype(np.float32)
         xf = rng.integers(-2, 3, (n, 4)).astype(np.float32)
-        for metric in ("ip", "neg_l2"):
-            got = rm.retrieval_metrics(rm.dense_source(qf, xf, metric=metric), ql, dl, **kw)
-            want = ref.retrieval_metrics(ref.dense_scores(qf, xf, metric), ql, dl, **kw)
-            _assert_close(self, got, want, want)
+        cases = (
+            (rm.adc_source(luts, codes), adc, "expected"),
+            (rm.adc_source(luts, codes, lut_is_distance=True), -adc, "stable"),
+            (rm.dense_source(qf, xf, metric="ip"), ref.dense_scores(qf, xf, "ip"), "expected"),
+            (rm.dense_source(qf, xf, metric="neg_l2"), ref.dense_scores(qf, xf, "neg_l2"),
+             "stable"),
+        )
+        for src, scores, ties in cases:
+            kw = dict(map_ks=(-1, 10), precision_ks=(5,), ties=ties)
+            want = ref.retrieval_metrics(scores, ql, dl, **kw)
+            _assert_close(self, rm.retrieval_metrics(src, ql, dl, **kw), want, want)
 
     def test_pr_curves_match_oracle(self):
         rng = np.random.default_rng(4)
@@ -132,8 +145,8 @@ class OracleTest(parameterized.TestCase):
 
 
 class ShardingTest(parameterized.TestCase):
-    @parameterized.parameters(("stable",), ("expected",))
-    def test_sharded_equals_unsharded(self, ties):
+    def test_sharded_equals_unsharded(self):
+        # Sort path (ties="stable") and histogram path (radius) on 8 devices.
         # Q = 13 and N = 101 are multiples of neither the 8 devices nor the chunk sizes.
         rng = np.random.default_rng(5)
         q, n, b = 13, 101, 5
@@ -142,6 +155,7 @@ class ShardingTest(parameterized.TestCase):
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         mesh = make_mesh(8, devices=jax.devices("cpu"))
         src = rm.hamming_source(qp, dp, num_bits=b)
+        ties = "stable"
         kw = dict(map_ks=(-1, 10), precision_ks=(5,), ties=ties, radius=1)
         plain = rm.retrieval_metrics(src, ql, dl, **kw)
         sharded = rm.retrieval_metrics(src, ql, dl, mesh=mesh, query_chunk=1, db_chunk=24, **kw)
@@ -259,19 +273,35 @@ class HandWorkedTest(parameterized.TestCase):
         self.assertEqual(res["conventions"]["precision_when_nothing_retrieved"], 0.0)
 
     def test_expected_matches_all_permutations(self):
+        # 12 tiny rows with heavy ties; query i is relevant to item n iff rel[i, n] (multi-hot
+        # labels: query i has label i), so one call checks every row.
         rng = np.random.default_rng(7)
-        for _ in range(12):
-            n = int(rng.integers(2, 7))
-            s = rng.integers(0, 3, n).astype(np.float32)
-            rel = rng.integers(0, 2, n)
-            for k, den in itertools.product((-1, 1, 2, 4), rm.DENOMINATORS):
-                brute = ref.brute_force_expected(
-                    s, rel, lambda ranked, k=k, den=den: ref.ranked_average_precision(ranked, k, den))
-                self.assertAlmostEqual(ref.expected_average_precision(s, rel, k, den), brute,
-                                       places=12)
-                got = rm.map_from_scores(s[None], np.array([1]), rel, k=k, denominator=den,
-                                         ties="expected")
-                self.assertAlmostEqual(got, brute, places=6)
+        q, n = 12, 6
+        scores = rng.integers(0, 3, (q, n)).astype(np.float32)
+        rel = rng.integers(0, 2, (q, n))
+        ql, dl = np.eye(q, dtype=int), rel.T
+        ks = (-1, 1, 2, 4)
+        for den in rm.DENOMINATORS:
+            got = rm.retrieval_metrics(rm.scores_source(scores), ql, dl, map_ks=ks,
+                                       precision_ks=ks[1:], denominator=den, ties="expected")
+            for k in ks:
+                brute = [
+                    ref.brute_force_expected(
+                        scores[i], rel[i],
+                        lambda ranked, k=k: ref.ranked_average_precision(ranked, k, den))
+                    for i in range(q)
+                ]
+                for i in range(q):
+                    self.assertAlmostEqual(
+                        ref.expected_average_precision(scores[i], rel[i], k, den), brute[i],
+                        places=12)
+                key = "map@all" if k == -1 else f"map@{k}"
+                self.assertAlmostEqual(got[key], np.mean(brute), places=6)
+                if k != -1:
+                    hits = [ref.brute_force_expected(scores[i], rel[i],
+                                                     lambda ranked, k=k: sum(ranked[:k]))
+                            for i in range(q)]
+                    self.assertAlmostEqual(got[f"p@{k}"], np.mean(hits) / k, places=6)
 
     def test_harmonic_diff_accuracy(self):
         start = np.array([0, 3, 63, 64, 1000, 10**6, 10**7])

@@ -15,7 +15,6 @@ import numpy as np
 from flax import nnx
 
 from dpq_jax import encode
-from dpq_jax.data import pipeline
 from dpq_jax.metrics import retrieval as metrics_lib
 from dpq_jax.search import adc
 
@@ -107,8 +106,13 @@ class RetrievalEvaluator:
 
     def _encode_split(self, fn, state, indices):
         return encode.encode_split(
-            fn, state, self.source, indices,
-            pp_spec=self.pp_spec, batch_size=self.batch_size, mesh=self.mesh,
+            fn,
+            state,
+            self.source,
+            indices,
+            pp_spec=self.pp_spec,
+            batch_size=self.batch_size,
+            mesh=self.mesh,
         )
 
     def run(self, state) -> dict[str, float]:
@@ -121,19 +125,16 @@ class RetrievalEvaluator:
         return self._score(source, prefix=self.name)
 
     def run_raw_pixels(self) -> dict[str, float]:
-        """The raw-pixel baseline on the same split: cosine similarity of preprocessed pixels."""
+        """The raw-pixel baseline on the same split: Euclidean distance between the original
+        images (full resolution, values in [0, 1]), the usual "raw pixels" reference point."""
         query = self._pixels(self.query_indices)
         database = self._pixels(self.db_indices)
-        source = metrics_lib.dense_source(query, database, metric="ip")
+        source = metrics_lib.dense_source(query, database, metric="neg_l2")
         return self._score(source, prefix=f"{self.name}/raw_pixels", curve=False)
 
     def _pixels(self, indices) -> np.ndarray:
-        rows = [
-            batch["image"][batch["mask"]].reshape(int(batch["mask"].sum()), -1)
-            for batch in pipeline.eval_batches(self.source, indices, self.pp_spec, self.batch_size)
-        ]
-        pixels = np.concatenate(rows).astype(np.float32)
-        return pixels / np.maximum(np.linalg.norm(pixels, axis=1, keepdims=True), 1e-12)
+        images = np.asarray(self.source.images)[indices]
+        return images.reshape(len(indices), -1).astype(np.float32) / 255.0
 
     def _score(self, source, *, prefix: str, curve: bool = True) -> dict[str, float]:
         result = metrics_lib.retrieval_metrics(
@@ -146,12 +147,15 @@ class RetrievalEvaluator:
         )
         if curve and self.final:
             pr = metrics_lib.pr_curve(
-                source, self.query_labels, self.db_labels, by="rank",
-                empty=self.cfg.empty, ties=self.cfg.ties, mesh=self.mesh,
+                source,
+                self.query_labels,
+                self.db_labels,
+                by="rank",
+                empty=self.cfg.empty,
+                ties=self.cfg.ties,
+                mesh=self.mesh,
             )
             self.last_curve = (pr["precision"], pr["recall"])
         return {
-            f"{prefix}/{key}": float(value)
-            for key, value in result.items()
-            if key != "conventions"
+            f"{prefix}/{key}": float(value) for key, value in result.items() if key != "conventions"
         }

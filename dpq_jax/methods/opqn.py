@@ -275,6 +275,3 @@ METHOD = Method(
     codebooks_fn=codebooks_fn,
     index_kind="pq",
 )
-
-# The registry currently names this object "OPQN"; both names stay valid.
-OPQN = METHOD

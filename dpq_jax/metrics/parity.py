@@ -92,10 +92,13 @@ def thulab_quantize(codes, codebook, level: int | None = None) -> np.ndarray:
     codes, codebook = np.asarray(codes), np.asarray(codebook)
     num_levels = codebook.shape[0]
     level = num_levels if level is None else int(level)
-    if codes.ndim != 2 or codebook.ndim != 3 or codes.shape[1] < level:
-        raise ValueError(f"codes [N, M] {codes.shape} and codebook [M, K, D] {codebook.shape}.")
     if not 1 <= level <= num_levels:
         raise ValueError(f"level must lie in [1, {num_levels}], got {level}.")
+    if codes.ndim != 2 or codebook.ndim != 3 or codes.shape[1] < level:
+        raise ValueError(
+            f"Need codes [N, M] and codebook [M, K, D] with at least {level} code columns; got "
+            f"{codes.shape} and {codebook.shape}."
+        )
     out = np.zeros([codes.shape[0], codebook.shape[2]])
     for m in range(level):
         out += codebook[m, codes[:, m]]

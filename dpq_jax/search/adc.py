@@ -70,6 +70,27 @@ def concrete_or_none(x) -> np.ndarray | None:
         return None
 
 
+@jax.jit
+def _min_max(x):
+    return jnp.min(x), jnp.max(x)
+
+
+def value_range(x) -> tuple[float, float] | None:
+    """`(min, max)` of a non-empty array when it is concrete, None while tracing.
+
+    NumPy inputs are reduced on the host; device arrays by one small jitted reduction, so
+    validating a large database does not copy it to the host. NaN propagates into the result.
+    """
+    if not isinstance(x, jax.Array):
+        x = np.asarray(x)
+        return x.min().item(), x.max().item()
+    lo, hi = _min_max(x)
+    lo, hi = concrete_or_none(lo), concrete_or_none(hi)
+    if lo is None or hi is None:
+        return None
+    return lo.item(), hi.item()
+
+
 def check_k(k, num_items: int, what: str = "database") -> int:
     """Validates the number of results `k` against the database size.
 
@@ -101,8 +122,8 @@ def check_ties(ties: str, seed) -> None:
     """Validates the tie policy name and its seed."""
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}.")
 
 
 def check_mesh(mesh) -> None:
@@ -112,6 +133,52 @@ def check_mesh(mesh) -> None:
             f"mesh must be a jax.sharding.Mesh with a {DATA_AXIS!r} axis; build one with "
             f"dpq_jax.parallel.make_mesh(), got {mesh!r}."
         )
+
+
+def database_mesh(x) -> jax.sharding.Mesh | None:
+    """The mesh of a concrete device array that is split across devices, else None.
+
+    The single-device search functions use it to hand a database that is already sharded
+    (e.g. encoded under a mesh) to the sharded search, since in explicit mode padding or
+    chunking a sharded axis is a sharding type error.
+
+    Raises:
+      ValueError: `x` is split over a mesh that has no `"data"` axis.
+    """
+    if not isinstance(x, jax.Array):
+        return None
+    try:
+        sharding = x.sharding
+    except Exception:  # a tracer: placement is the caller's jit's business
+        return None
+    if not isinstance(sharding, NamedSharding) or sharding.is_fully_replicated:
+        return None
+    if (
+        not isinstance(sharding.mesh, jax.sharding.Mesh)
+        or DATA_AXIS not in sharding.mesh.axis_names
+    ):
+        raise ValueError(
+            f"The database is sharded as {sharding.spec} over a mesh without a {DATA_AXIS!r} "
+            "axis; pass a host or replicated array, or place it with parallel.data_sharding."
+        )
+    return sharding.mesh
+
+
+def replicate_if_sharded(x):
+    """`x` replicated on its mesh if it is a concrete array split across devices; else `x`.
+
+    The single-device search functions chunk and pad their inputs, which explicit sharding
+    forbids along a sharded axis; small operands (queries, tables) are simply replicated.
+    """
+    if not isinstance(x, jax.Array):
+        return x
+    try:
+        sharding = x.sharding
+    except Exception:  # a tracer
+        return x
+    if isinstance(sharding, NamedSharding) and not sharding.is_fully_replicated:
+        return jax.device_put(x, NamedSharding(sharding.mesh, P()))
+    return x
 
 
 def _check_lut(lut, name: str = "lut") -> None:
@@ -124,8 +191,8 @@ def _check_lut(lut, name: str = "lut") -> None:
         raise ValueError(f"{name} must be floating point, got dtype {lut.dtype}.")
     if lut.shape[1] == 0 or lut.shape[2] == 0:
         raise ValueError(f"{name} has an empty codebook axis: shape {lut.shape}.")
-    finite = concrete_or_none(jnp.all(jnp.isfinite(lut)))
-    if finite is not None and not bool(finite):
+    bounds = value_range(lut) if lut.size else None
+    if bounds is not None and not np.all(np.isfinite(bounds)):
         raise ValueError(
             f"{name} contains NaN or infinite entries; ranking would be undefined. Check the "
             "queries and codebooks it was built from."
@@ -150,12 +217,11 @@ def check_codes(codes, num_codebooks: int, codebook_size: int, name: str = "code
         )
     if codes.shape[0] == 0:
         return
-    lo = concrete_or_none(jnp.min(codes))
-    hi = concrete_or_none(jnp.max(codes))
-    if lo is not None and (int(lo) < 0 or int(hi) >= codebook_size):
+    bounds = value_range(codes)
+    if bounds is not None and (bounds[0] < 0 or bounds[1] >= codebook_size):
         raise ValueError(
             f"{name} must lie in [0, K) = [0, {codebook_size}), found values in "
-            f"[{int(lo)}, {int(hi)}]; the codes do not belong to these codebooks."
+            f"[{int(bounds[0])}, {int(bounds[1])}]; the codes do not belong to these codebooks."
         )
 
 
@@ -168,8 +234,8 @@ def _check_codebooks(codebooks, name: str = "codebooks") -> None:
         raise ValueError(f"{name} must be floating point, got dtype {codebooks.dtype}.")
 
 
-def _split_query(query, num_codebooks: int, sub_dim: int, name: str = "query") -> Array:
-    """[Q, D] or [Q, M, d] -> [Q, M, d] float32, with a shape check."""
+def _check_query(query, num_codebooks: int, sub_dim: int, name: str = "query") -> Array:
+    """Checks a `[Q, D]` or `[Q, M, d]` query against the codebooks; returns it as an array."""
     query = jnp.asarray(query)
     if query.ndim == 3:
         if query.shape[1:] != (num_codebooks, sub_dim):
@@ -177,7 +243,7 @@ def _split_query(query, num_codebooks: int, sub_dim: int, name: str = "query") -
                 f"{name} has shape {query.shape}; expected [Q, M, d] = "
                 f"[Q, {num_codebooks}, {sub_dim}] to match the codebooks."
             )
-        return query.astype(jnp.float32)
+        return query
     if query.ndim != 2:
         raise ValueError(f"{name} must have shape [Q, D] or [Q, M, d], got {query.shape}.")
     if query.shape[1] != num_codebooks * sub_dim:
@@ -185,7 +251,12 @@ def _split_query(query, num_codebooks: int, sub_dim: int, name: str = "query") -
             f"{name} has D = {query.shape[1]} but the codebooks need D = M * d = "
             f"{num_codebooks} * {sub_dim} = {num_codebooks * sub_dim}."
         )
-    # [Q, D] -> [Q, M, d]: subspace m is the m-th contiguous slice of length d.
+    return query
+
+
+def _split(query: Array, num_codebooks: int, sub_dim: int) -> Array:
+    """[Q, D] or [Q, M, d] -> [Q, M, d] float32 (traceable, unchecked)."""
+    # Subspace m is the m-th contiguous slice of length d of the D-dim query.
     return query.reshape(query.shape[0], num_codebooks, sub_dim).astype(jnp.float32)
 
 
@@ -221,10 +292,15 @@ def lut_inner_product(
     """
     _check_codebooks(codebooks)
     m, _, d = codebooks.shape
-    query = _split_query(query, m, d)  # [Q, M, d]
+    return _lut_inner_product(_check_query(query, m, d), jnp.asarray(codebooks))
+
+
+@jax.jit
+def _lut_inner_product(query, codebooks):
+    m, _, d = codebooks.shape
     return jnp.einsum(
         "qmd,mkd->qmk",
-        query,
+        _split(query, m, d),  # [Q, M, d]
         codebooks.astype(jnp.float32),
         precision=_HIGHEST,
         preferred_element_type=jnp.float32,
@@ -261,6 +337,11 @@ def lut_soft_quantized(
             f"probs has shape {probs.shape} but the codebooks have [M, K] = "
             f"{codebooks.shape[:2]}; they must agree."
         )
+    return _lut_soft_quantized(jnp.asarray(probs), jnp.asarray(codebooks))
+
+
+@jax.jit
+def _lut_soft_quantized(probs, codebooks):
     cb = codebooks.astype(jnp.float32)
     # s[q, m, :] = sum_k p[q, m, k] c[m, k, :]  -> [Q, M, d]
     soft = jnp.einsum(
@@ -299,7 +380,13 @@ def lut_l2(query: Float[Array, "q ..."], codebooks: Float[Array, "m k d"]) -> Fl
     """
     _check_codebooks(codebooks)
     m, _, d = codebooks.shape
-    x = _split_query(query, m, d)  # [Q, M, d]
+    return _lut_l2(_check_query(query, m, d), jnp.asarray(codebooks))
+
+
+@jax.jit
+def _lut_l2(query, codebooks):
+    m, _, d = codebooks.shape
+    x = _split(query, m, d)  # [Q, M, d]
     cb = codebooks.astype(jnp.float32)
     cross = jnp.einsum(
         "qmd,mkd->qmk", x, cb, precision=_HIGHEST, preferred_element_type=jnp.float32
@@ -346,6 +433,12 @@ def lut_progressive(
         raise ValueError(f"levels must be an int, got {levels!r}.")
     if not 1 <= levels <= num_levels:
         raise ValueError(f"levels = {levels} is out of range; use 1 <= levels <= L = {num_levels}.")
+    return _lut_progressive(query, jnp.asarray(codebooks), jnp.asarray(levels, jnp.int32))
+
+
+@jax.jit
+def _lut_progressive(query, codebooks, levels):
+    num_levels = codebooks.shape[0]
     lut = jnp.einsum(
         "qd,lkd->qlk",
         query.astype(jnp.float32),
@@ -422,7 +515,7 @@ def scores_decode(
       `[Q, C]` float32 scores.
     """
     m, _, d = codebooks.shape
-    query = _split_query(query, m, d)  # [Q, M, d]
+    query = _split(jnp.asarray(query), m, d)  # [Q, M, d]
     # recon[c, m, :] = codebooks[m, codes[c, m], :]  -> [C, M, d]
     recon = codebooks.astype(jnp.float32)[jnp.arange(m)[None, :], codes.astype(jnp.int32)]
     return jnp.einsum(
@@ -463,7 +556,13 @@ def adc_scores(
     """
     _check_lut(lut)
     check_codes(codes, lut.shape[1], lut.shape[2])
-    return _resolve_kernel(kernel)(jnp.asarray(lut, jnp.float32), jnp.asarray(codes))
+    _resolve_kernel(kernel)
+    return _adc_scores(jnp.asarray(lut), jnp.asarray(codes), kernel=kernel)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def _adc_scores(lut, codes, *, kernel):
+    return _resolve_kernel(kernel)(lut.astype(jnp.float32), codes).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,6 +683,12 @@ def tie_permutation(num_items: int, seed: int) -> Int[Array, " n"]:
     Returns:
       `[N]` int32 permutation of `0..N-1`.
     """
+    check_ties("random", seed)
+    return _permutation(jnp.asarray(seed, jnp.uint32), num_items=int(num_items))
+
+
+@functools.partial(jax.jit, static_argnames=("num_items",))
+def _permutation(seed, *, num_items):
     return jax.random.permutation(jax.random.key(seed), num_items).astype(jnp.int32)
 
 
@@ -768,7 +873,8 @@ def adc_topk(
       seed: seed for `ties="random"`.
 
     Returns:
-      `(scores [Q, k] float32, ids [Q, k] int32)`, best first.
+      `(scores [Q, k] float32, ids [Q, k] int32)`, best first. A `codes` array already split
+      over a mesh's `"data"` axis is searched with `adc_topk_sharded` (same results).
 
     Raises:
       ValueError: empty database, `k > N`, bad shapes or dtypes, non-finite table (when
@@ -790,9 +896,23 @@ def adc_topk(
     chunk_size, query_chunk = check_chunks(chunk_size, query_chunk)
     check_ties(ties, seed)
     _resolve_kernel(kernel)
+    mesh = database_mesh(codes)
+    if mesh is not None:  # already split over devices: search it where it lies
+        return adc_topk_sharded(
+            lut,
+            codes,
+            k,
+            mesh,
+            chunk_size=chunk_size,
+            query_chunk=query_chunk,
+            larger_is_better=larger_is_better,
+            kernel=kernel,
+            ties=ties,
+            seed=seed,
+        )
     perm = tie_permutation(codes.shape[0], int(seed)) if ties == "random" else None
     return _adc_topk_jit(
-        jnp.asarray(lut),
+        jnp.asarray(replicate_if_sharded(lut)),
         jnp.asarray(codes),
         perm,
         k=k,
@@ -953,14 +1073,14 @@ def decode_topk(
     """
     _check_codebooks(codebooks)
     m, codebook_size, d = codebooks.shape
-    query = _split_query(query, m, d)
+    query = _check_query(query, m, d)
     check_codes(codes, m, codebook_size)
     k = check_k(k, codes.shape[0])
     chunk_size, query_chunk = check_chunks(chunk_size, query_chunk)
     scores, ids = _decode_topk_jit(
-        query,
+        replicate_if_sharded(query),
         jnp.asarray(codebooks, jnp.float32),
-        jnp.asarray(codes),
+        jnp.asarray(replicate_if_sharded(codes)),
         k=k,
         chunk_size=chunk_size,
         query_chunk=query_chunk,

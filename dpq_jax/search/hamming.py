@@ -64,6 +64,12 @@ def pack_bits(bits: Shaped[Array, "n b"]) -> UInt32[Array, "n w"]:
     num_n, num_bits = bits.shape
     if num_bits == 0:
         raise ValueError("bits has 0 columns; a code needs at least one bit.")
+    return _pack_bits(bits)
+
+
+@jax.jit
+def _pack_bits(bits):
+    num_n, num_bits = bits.shape
     words = -(-num_bits // WORD_BITS)
     ones = (bits > 0).astype(jnp.uint32)
     ones = jnp.pad(ones, ((0, 0), (0, words * WORD_BITS - num_bits)))
@@ -94,6 +100,12 @@ def unpack_bits(packed: UInt32[Array, "n w"], num_bits: int) -> UInt8[Array, "n 
             f"num_bits = {num_bits} does not fit {words} uint32 words; expected "
             f"{WORD_BITS * (words - 1) + 1}..{WORD_BITS * words}."
         )
+    return _unpack_bits(packed, num_bits=int(num_bits))
+
+
+@functools.partial(jax.jit, static_argnames=("num_bits",))
+def _unpack_bits(packed, *, num_bits):
+    words = packed.shape[1]
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)
     bits = (packed.astype(jnp.uint32)[:, :, None] >> shifts) & 1  # [N, W, 32]
     return bits.reshape(packed.shape[0], words * WORD_BITS)[:, :num_bits].astype(jnp.uint8)
@@ -119,6 +131,11 @@ def _check_pair(q_packed, db_packed) -> None:
             f"{db_packed.dtype}{list(db_packed.shape)} must have the same dtype and number of "
             "words; pack both with the same function and code length."
         )
+
+
+@jax.jit
+def _distances_jit(q_packed, db_packed):
+    return _distances(q_packed, db_packed)
 
 
 def _distances(q_packed, db_packed) -> Int[Array, "q n"]:
@@ -152,7 +169,7 @@ def hamming_distances(
     """
     q_packed, db_packed = jnp.asarray(q_packed), jnp.asarray(db_packed)
     _check_pair(q_packed, db_packed)
-    return _distances(q_packed, db_packed)
+    return _distances_jit(q_packed, db_packed)
 
 
 def hamming_from_signs(
@@ -185,12 +202,20 @@ def hamming_from_signs(
             f"q_signs has b = {q_signs.shape[1]} bits but db_signs has {db_signs.shape[1]}."
         )
     for name, x in (("q_signs", q_signs), ("db_signs", db_signs)):
-        ok = adc.concrete_or_none(jnp.all(jnp.abs(x) == 1))
-        if ok is not None and not bool(ok):
+        bounds = adc.value_range(_abs(x)) if x.size else None
+        if bounds is not None and bounds != (1, 1):
             raise ValueError(
                 f"{name} must contain only -1 and +1; map {{0,1}} bits with 2*bits-1 or use "
                 "hamming_distances on packed bits."
             )
+    return _from_signs(q_signs, db_signs)
+
+
+_abs = jax.jit(jnp.abs)
+
+
+@jax.jit
+def _from_signs(q_signs, db_signs):
     dots = jnp.einsum(
         "qb,nb->qn",
         q_signs.astype(jnp.float32),
@@ -211,23 +236,27 @@ def legacy_compactbit_pack(signs: Shaped[Array, "n b"]) -> UInt8[Array, "n w8"]:
     do) are wrong for most pairs. Never use this for new results; use `pack_bits`.
 
     Args:
-      signs: `[N, b]` values in {-1, 0, +1} (as the references produce them).
+      signs: `[N, b]` codes; `sign()` is applied first, as the references did, so {-1, 0, +1}
+        sign codes and raw real-valued outputs give what the references stored.
 
     Returns:
-      `[N, ceil(b / 8)]` uint8 bytes exactly as the references store them; compare them with
+      `[N, ceil(b / 8)]` uint8 bytes exactly as the references store them (on the usual
+      platforms, where a negative value cast to uint8 wraps modulo 256); compare them with
       `hamming_distances`.
 
     Raises:
-      ValueError: not 2-D, or (when concrete) values outside {-1, 0, +1}.
+      ValueError: not 2-D.
     """
     signs = jnp.asarray(signs)
     _check_2d(signs, "signs")
-    ok = adc.concrete_or_none(jnp.all((signs == -1) | (signs == 0) | (signs == 1)))
-    if ok is not None and not bool(ok):
-        raise ValueError("signs must contain only -1, 0 and +1 (the output of sign()).")
+    return _legacy_compactbit_pack(signs)
+
+
+@jax.jit
+def _legacy_compactbit_pack(signs):
     num_n, num_bits = signs.shape
     num_bytes = -(-num_bits // 8)
-    s = jnp.pad(signs.astype(jnp.int32), ((0, 0), (0, num_bytes * 8 - num_bits)))
+    s = jnp.pad(jnp.sign(signs).astype(jnp.int32), ((0, 0), (0, num_bytes * 8 - num_bits)))
     s = s.reshape(num_n, num_bytes, 8)  # [N, bytes, 8]
     weights = jnp.left_shift(1, jnp.arange(8, dtype=jnp.int32))
     value = jnp.sum(s * weights, axis=-1)  # in [-255, 255]
@@ -296,9 +325,26 @@ def hamming_topk(
     k = adc.check_k(k, db_packed.shape[0])
     chunk_size, query_chunk = adc.check_chunks(chunk_size, query_chunk)
     adc.check_ties(ties, seed)
+    mesh = adc.database_mesh(db_packed)
+    if mesh is not None:  # already split over devices: search it where it lies
+        return hamming_topk_sharded(
+            q_packed,
+            db_packed,
+            k,
+            mesh,
+            chunk_size=chunk_size,
+            query_chunk=query_chunk,
+            ties=ties,
+            seed=seed,
+        )
     perm = adc.tie_permutation(db_packed.shape[0], int(seed)) if ties == "random" else None
     return _hamming_topk_jit(
-        q_packed, db_packed, perm, k=k, chunk_size=chunk_size, query_chunk=query_chunk
+        adc.replicate_if_sharded(q_packed),
+        db_packed,
+        perm,
+        k=k,
+        chunk_size=chunk_size,
+        query_chunk=query_chunk,
     )
 
 
@@ -383,8 +429,7 @@ def hamming_topk_sharded(
     return dist, ids
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size",))
-def _radius_counts_jit(q_packed, db_packed, radius, *, chunk_size):
+def _radius_counts(q_packed, db_packed, radius, *, chunk_size):
     num_n = db_packed.shape[0]
     chunk = max(1, min(chunk_size, num_n))
     num_chunks = -(-num_n // chunk)
@@ -445,14 +490,29 @@ def radius_search(
     ):
         raise ValueError(f"max_results must be a positive int, got {max_results!r}.")
     chunk_size, query_chunk = adc.check_chunks(chunk_size, query_chunk)
-    k = min(int(max_results), num_n)
-    dist, ids = _hamming_topk_jit(
-        q_packed, db_packed, None, k=k, chunk_size=chunk_size, query_chunk=query_chunk
+    return _radius_search_jit(
+        adc.replicate_if_sharded(q_packed),
+        adc.replicate_if_sharded(db_packed),
+        jnp.asarray(radius, jnp.int32),
+        max_results=int(max_results),
+        chunk_size=chunk_size,
+        query_chunk=query_chunk,
     )
-    ids = jnp.where(dist <= radius, ids, -1)
-    if k < max_results:
-        ids = jnp.pad(ids, ((0, 0), (0, int(max_results) - k)), constant_values=-1)
-    counts = _radius_counts_jit(
-        q_packed, db_packed, jnp.asarray(radius, jnp.int32), chunk_size=chunk_size
+
+
+@functools.partial(jax.jit, static_argnames=("max_results", "chunk_size", "query_chunk"))
+def _radius_search_jit(q_packed, db_packed, radius, *, max_results, chunk_size, query_chunk):
+    num_n = db_packed.shape[0]
+    k = min(max_results, num_n)
+    keys, ids = adc.chunked_topk(
+        _neg_distances,
+        q_packed,
+        db_packed,
+        k,
+        key_dtype=jnp.int32,
+        chunk_size=chunk_size,
+        query_chunk=query_chunk,
     )
-    return counts, ids
+    ids = jnp.where(-keys <= radius, ids, -1)
+    ids = jnp.pad(ids, ((0, 0), (0, max_results - k)), constant_values=-1)
+    return _radius_counts(q_packed, db_packed, radius, chunk_size=chunk_size), ids

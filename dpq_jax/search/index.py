@@ -62,14 +62,17 @@ def pack_nibbles(codes: Int[Array, "n m"]) -> UInt8[Array, "n half"]:
         raise ValueError(
             f"codes must be a 2-D integer array [N, M], got {codes.dtype}{codes.shape}."
         )
-    if codes.size:
-        lo = adc.concrete_or_none(jnp.min(codes))
-        hi = adc.concrete_or_none(jnp.max(codes))
-        if lo is not None and (int(lo) < 0 or int(hi) > 15):
-            raise ValueError(
-                f"4-bit packing needs codes in [0, 16), found [{int(lo)}, {int(hi)}]; store "
-                "codes with K > 16 unpacked."
-            )
+    bounds = adc.value_range(codes) if codes.size else None
+    if bounds is not None and (bounds[0] < 0 or bounds[1] > 15):
+        raise ValueError(
+            f"4-bit packing needs codes in [0, 16), found [{bounds[0]}, {bounds[1]}]; store "
+            "codes with K > 16 unpacked."
+        )
+    return _pack_nibbles(codes)
+
+
+@jax.jit
+def _pack_nibbles(codes):
     num_n, num_m = codes.shape
     half = -(-num_m // 2)
     c = jnp.pad(codes.astype(jnp.uint8), ((0, 0), (0, 2 * half - num_m)))
@@ -98,6 +101,12 @@ def unpack_nibbles(packed: UInt8[Array, "n half"], num_codebooks: int) -> UInt8[
         raise ValueError(
             f"num_codebooks = {num_codebooks} does not match {half} packed bytes per item."
         )
+    return _unpack_nibbles(packed, num_codebooks=int(num_codebooks))
+
+
+@functools.partial(jax.jit, static_argnames=("num_codebooks",))
+def _unpack_nibbles(packed, *, num_codebooks):
+    half = packed.shape[1]
     both = jnp.stack([packed & 0xF, packed >> 4], axis=-1)  # [N, M/2, 2]
     return both.reshape(packed.shape[0], 2 * half)[:, :num_codebooks]
 

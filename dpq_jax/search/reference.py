@@ -189,8 +189,8 @@ def radius_search(
 
 
 def legacy_compactbit_pack(signs: np.ndarray) -> np.ndarray:
-    """The DDH / DCBH `compactbit` on sign codes: byte `w = sum_i s_{8w+i} 2^i mod 256`."""
-    signs = np.asarray(signs)
+    """The DDH / DCBH `compactbit` on `sign(x)`: byte `w = sum_i s_{8w+i} 2^i mod 256`."""
+    signs = np.sign(np.asarray(signs))
     num_n, num_b = signs.shape
     out = np.zeros((num_n, (num_b + 7) // 8), np.uint8)
     for n in range(num_n):

@@ -1,0 +1,68 @@
+"""Every config file loads (with and without runlocal) and its tiny model builds."""
+
+import glob
+import os
+
+import pytest
+from flax import nnx
+
+from dpq_jax import config_lib, registry
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
+
+
+def test_there_are_configs():
+    assert any(path.endswith("orl_opqn.py") for path in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_config_loads_locked_with_tuples(path, arg):
+    config = config_lib.load_config(path, arg)
+    assert config.is_locked
+    with pytest.raises(AttributeError):
+        config.no_such_field_typo = 1  # locked: a typo in an override is an error
+    for value in _walk(config.to_dict()):
+        assert not isinstance(value, list), "sequences in configs must be tuples"
+    assert config.input.batch_size % 8 == 0  # divides the 8 test devices
+    assert config.method in registry.names("method")
+    for evaluator in config.evals.values():
+        assert evaluator.type in registry.names("evaluator")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_runlocal_model_builds(path):
+    config = config_lib.load_config(path, "runlocal")
+    method = registry.get("method", config.method)
+    model = nnx.eval_shape(
+        lambda: method.build(config.model, num_classes=5, in_channels=1, rngs=nnx.Rngs(0))
+    )
+    params = nnx.state(model, nnx.Param)
+    assert sum(x.size for x in __import__("jax").tree.leaves(params)) > 0
+
+
+def test_parse_arg():
+    arg = config_lib.parse_arg(
+        "bits=24,runlocal,protocol=orl_unseen", bits=32, runlocal=False, protocol="orl_seen"
+    )
+    assert (arg.bits, arg.runlocal, arg.protocol) == (24, True, "orl_unseen")
+    with pytest.raises(ValueError, match="Unknown config argument 'bitz'"):
+        config_lib.parse_arg("bitz=3", bits=32)
+    with pytest.raises(ValueError, match="not a int"):
+        config_lib.parse_arg("bits=abc", bits=32)
+    with pytest.raises(ValueError, match="choose one of"):
+        config_lib.opqn_shape(40)
+
+
+def test_registry_error_lists_names():
+    with pytest.raises(KeyError, match="registered backbones: \\['cnn_small', 'sphereface20'\\]"):
+        registry.get("backbone", "resnet9000")
+
+
+def _walk(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _walk(value)
+    else:
+        yield tree
