@@ -46,7 +46,7 @@ def make_data(q, n, classes, bits, m, k, d, seed):
 
     codes = []
     for i in range(0, n, 65536):
-        x = centers[dl[i:i + 65536]] + rng.normal(scale=1.5, size=(min(65536, n - i), d))
+        x = centers[dl[i : i + 65536]] + rng.normal(scale=1.5, size=(min(65536, n - i), d))
         codes.append(np.asarray(encode(x.astype(np.float32))))
     codes = np.concatenate(codes)
     luts = np.einsum("qmd,mkd->qmk", q_feat.reshape(q, m, d // m), codebooks)  # [Q, M, K]
@@ -92,14 +92,18 @@ def main():
     args = p.parse_args()
     q, n = args.queries, args.items
     nq_np = min(args.numpy_queries, q)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), "
-          f"jax {jax.__version__}; Q={q}, N={n}, {args.classes} classes")
+    print(
+        f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), "
+        f"jax {jax.__version__}; Q={q}, N={n}, {args.classes} classes"
+    )
     ql, dl, q_bits, d_bits, luts, codes = make_data(
-        q, n, args.classes, args.bits, args.pq_m, args.pq_k, args.dim, args.seed)
+        q, n, args.classes, args.bits, args.pq_m, args.pq_k, args.dim, args.seed
+    )
 
     # Inputs on device once, as a trainer would hold them.
-    ham = rm.hamming_source(jnp.asarray(rm.pack_bits(q_bits)), jnp.asarray(rm.pack_bits(d_bits)),
-                            num_bits=args.bits)
+    ham = rm.hamming_source(
+        jnp.asarray(rm.pack_bits(q_bits)), jnp.asarray(rm.pack_bits(d_bits)), num_bits=args.bits
+    )
     pq = rm.adc_source(jnp.asarray(luts), jnp.asarray(codes))
     ql_dev, dl_dev = jnp.asarray(ql), jnp.asarray(dl)
     # NumPy peers: +-1 codes and Hamming via matmul (CalcTopMap), ADC by fancy indexing.
@@ -116,30 +120,46 @@ def main():
         (f"PQ M={args.pq_m} K={args.pq_k}", pq, pq_np, "expected"),
     ):
         run = lambda src=src, ties=ties: rm.retrieval_metrics(  # noqa: E731
-            src, ql_dev, dl_dev, map_ks=(-1,), precision_ks=(), ties=ties,
-            query_chunk=args.query_chunk)
+            src,
+            ql_dev,
+            dl_dev,
+            map_ks=(-1,),
+            precision_ks=(),
+            ties=ties,
+            query_chunk=args.query_chunk,
+        )
         t0 = time.perf_counter()
         run()
         compile_s = time.perf_counter() - t0
         t_jax, res = timed(run, args.repeats)
         t_np, map_np = timed(lambda fn=np_fn: numpy_map_all(fn, ql, dl, nq_np), 1)
         t_np_all = t_np * q / nq_np
-        sub = rm.hamming_source(ham.queries[:nq_np], ham.database, num_bits=args.bits) \
-            if src is ham else rm.adc_source(pq.queries[:nq_np], pq.database)
-        map_sub = rm.retrieval_metrics(sub, ql_dev[:nq_np], dl_dev, map_ks=(-1,),
-                                       precision_ks=(), ties=ties)["map@all"]
+        sub = (
+            rm.hamming_source(ham.queries[:nq_np], ham.database, num_bits=args.bits)
+            if src is ham
+            else rm.adc_source(pq.queries[:nq_np], pq.database)
+        )
+        map_sub = rm.retrieval_metrics(
+            sub, ql_dev[:nq_np], dl_dev, map_ks=(-1,), precision_ks=(), ties=ties
+        )["map@all"]
         rows.append((name, ties, t_jax, compile_s, t_np_all, res["map@all"], map_sub, map_np))
 
-    print(f"\nmAP@all, conventions: denominator=relevant_in_topk (= all relevant), empty=zero, "
-          f"ties as listed; NumPy: np.argsort (unstable), timed on {nq_np} queries, scaled to "
-          f"Q={q}.")
-    hdr = (f"{'source':<20} {'ties':<9} {'dpq_jax s':>10} {'(compile)':>10} {'numpy s':>10} "
-           f"{'numpy/jax':>10} {'mAP jax':>9} {'mAP jax*':>9} {'mAP np*':>9}")
+    print(
+        f"\nmAP@all, conventions: denominator=relevant_in_topk (= all relevant), empty=zero, "
+        f"ties as listed; NumPy: np.argsort (unstable), timed on {nq_np} queries, scaled to "
+        f"Q={q}."
+    )
+    hdr = (
+        f"{'source':<20} {'ties':<9} {'dpq_jax s':>10} {'(compile)':>10} {'numpy s':>10} "
+        f"{'numpy/jax':>10} {'mAP jax':>9} {'mAP jax*':>9} {'mAP np*':>9}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for name, ties, tj, tc, tn, mj, ms, mn in rows:
-        print(f"{name:<20} {ties:<9} {tj:>10.3f} {tc:>10.2f} {tn:>10.2f} {tn / tj:>10.1f} "
-              f"{mj:>9.4f} {ms:>9.4f} {mn:>9.4f}")
+        print(
+            f"{name:<20} {ties:<9} {tj:>10.3f} {tc:>10.2f} {tn:>10.2f} {tn / tj:>10.1f} "
+            f"{mj:>9.4f} {ms:>9.4f} {mn:>9.4f}"
+        )
     print(f"* on the first {nq_np} queries only (same queries for both).")
 
 

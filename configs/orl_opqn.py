@@ -44,7 +44,7 @@ def get_config(arg=None):
     config.method = "opqn"
     config.model = ml_collections.ConfigDict()
     config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128)}
+        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (32, 26)}
     )
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()

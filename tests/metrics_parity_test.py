@@ -14,11 +14,16 @@ def _one_hot(ids, c):
 
 def _argsort_oracle(order_rows, rel, k):
     """Mean AP@k (hits-in-top-k denominator, 0 without hits) over given ranked orders."""
-    return float(np.mean([
-        ref.ranked_average_precision([int(rel[i, n]) for n in order_rows[i]], k,
-                                     "relevant_in_topk")
-        for i in range(rel.shape[0])
-    ]))
+    return float(
+        np.mean(
+            [
+                ref.ranked_average_precision(
+                    [int(rel[i, n]) for n in order_rows[i]], k, "relevant_in_topk"
+                )
+                for i in range(rel.shape[0])
+            ]
+        )
+    )
 
 
 class DeepHashTest(absltest.TestCase):
@@ -72,15 +77,19 @@ class DeepHashTest(absltest.TestCase):
         for topk in (5, 17):
             self.assertAlmostEqual(
                 parity.deephash_calc_topmap(rB, qB, retrievalL, queryL, topk),
-                _argsort_oracle(order, rel, topk), places=12)
+                _argsort_oracle(order, rel, topk),
+                places=12,
+            )
         want = _argsort_oracle([o[:-1] for o in order], rel, -1)
-        self.assertAlmostEqual(parity.deephash_calc_topmap(rB, qB, retrievalL, queryL, -1), want,
-                               places=12)
+        self.assertAlmostEqual(
+            parity.deephash_calc_topmap(rB, qB, retrievalL, queryL, -1), want, places=12
+        )
 
     def test_shape_errors(self):
         with self.assertRaisesRegex(ValueError, "share b"):
-            parity.deephash_calc_topmap(np.ones((3, 4)), np.ones((1, 5)), np.ones((3, 2)),
-                                        np.ones((1, 2)), 2)
+            parity.deephash_calc_topmap(
+                np.ones((3, 4)), np.ones((1, 5)), np.ones((3, 2)), np.ones((1, 2)), 2
+            )
 
 
 class ThulabTest(absltest.TestCase):
@@ -99,10 +108,10 @@ class ThulabTest(absltest.TestCase):
     def test_quantize_levels(self):
         codebook = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # [M=2, K=3, D=2]
         codes = np.array([[2, 0], [1, 2]])
-        np.testing.assert_array_equal(parity.thulab_quantize(codes, codebook, 1),
-                                      [[4, 5], [2, 3]])
-        np.testing.assert_array_equal(parity.thulab_quantize(codes, codebook),
-                                      [[4 + 6, 5 + 7], [2 + 10, 3 + 11]])
+        np.testing.assert_array_equal(parity.thulab_quantize(codes, codebook, 1), [[4, 5], [2, 3]])
+        np.testing.assert_array_equal(
+            parity.thulab_quantize(codes, codebook), [[4 + 6, 5 + 7], [2 + 10, 3 + 11]]
+        )
         self.assertEqual(parity.thulab_quantize(codes, codebook).dtype, np.float64)
         with self.assertRaisesRegex(ValueError, "level"):
             parity.thulab_quantize(codes, codebook, 3)
@@ -116,11 +125,16 @@ class ThulabTest(absltest.TestCase):
         ql, dl = rng.integers(0, 2, (q, 3)), rng.integers(0, 2, (n, 3))
         ql[0] = 0  # no labels: never relevant, counts as 0
         for r in (10, n):
-            lib = rm.retrieval_metrics(rm.dense_source(feats.astype(np.float32),
-                                                       rec.astype(np.float32)),
-                                       ql, dl, map_ks=(r,), precision_ks=())
-            self.assertAlmostEqual(parity.thulab_aqd_map(feats, rec, ql, dl, r),
-                                   lib[f"map@{r}"], places=5)
+            lib = rm.retrieval_metrics(
+                rm.dense_source(feats.astype(np.float32), rec.astype(np.float32)),
+                ql,
+                dl,
+                map_ks=(r,),
+                precision_ks=(),
+            )
+            self.assertAlmostEqual(
+                parity.thulab_aqd_map(feats, rec, ql, dl, r), lib[f"map@{r}"], places=5
+            )
 
     def test_heavy_ties_follow_numpy_argsort(self):
         rng = np.random.default_rng(3)
@@ -131,8 +145,11 @@ class ThulabTest(absltest.TestCase):
         order = np.argsort(-feats.dot(rec.T), 1)
         rel = ref.relevance_matrix(ql, dl)
         for r in (7, 50):
-            self.assertAlmostEqual(parity.thulab_aqd_map(feats, rec, ql, dl, r),
-                                   _argsort_oracle(order, rel, r), places=12)
+            self.assertAlmostEqual(
+                parity.thulab_aqd_map(feats, rec, ql, dl, r),
+                _argsort_oracle(order, rel, r),
+                places=12,
+            )
 
 
 if __name__ == "__main__":

@@ -44,17 +44,22 @@ def _assert_close(test, got, want, keys, tol=1e-5):
 class OracleTest(parameterized.TestCase):
     """Random data with heavy ties, zero-hit queries, K > N, N not a multiple of the chunk."""
 
-    @parameterized.parameters(
-        itertools.product(rm.TIE_RULES, rm.DENOMINATORS, rm.EMPTY_RULES)
-    )
+    @parameterized.parameters(itertools.product(rm.TIE_RULES, rm.DENOMINATORS, rm.EMPTY_RULES))
     def test_scores_match_oracle(self, ties, denominator, empty):
         rng = np.random.default_rng(0)
         q, n = 7, 53
         scores = _tied_scores(rng, q, n)
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         ql[0] = 9  # a query with no relevant item
-        kw = dict(map_ks=MAP_KS, precision_ks=P_KS, recall_ks=R_KS, denominator=denominator,
-                  empty=empty, ties=ties, seed=3)
+        kw = dict(
+            map_ks=MAP_KS,
+            precision_ks=P_KS,
+            recall_ks=R_KS,
+            denominator=denominator,
+            empty=empty,
+            ties=ties,
+            seed=3,
+        )
         got = rm.retrieval_metrics(
             rm.scores_source(scores), ql, dl, query_chunk=3, db_chunk=16, **kw
         )
@@ -75,10 +80,17 @@ class OracleTest(parameterized.TestCase):
         ql, dl = rng.integers(0, 2, (q, 4)), rng.integers(0, 2, (n, 4))
         ql[2] = 0
         dist = ref.hamming_distances(qp, dp)
-        kw = dict(map_ks=(-1, 1, 50, 123, 1000), precision_ks=(1, 77), recall_ks=(100,),
-                  denominator="relevant_in_topk", ties=ties, seed=5)
-        got = rm.retrieval_metrics(rm.hamming_source(qp, dp, num_bits=b), ql, dl, radius=2,
-                                   db_chunk=64, **kw)
+        kw = dict(
+            map_ks=(-1, 1, 50, 123, 1000),
+            precision_ks=(1, 77),
+            recall_ks=(100,),
+            denominator="relevant_in_topk",
+            ties=ties,
+            seed=5,
+        )
+        got = rm.retrieval_metrics(
+            rm.hamming_source(qp, dp, num_bits=b), ql, dl, radius=2, db_chunk=64, **kw
+        )
         want = ref.retrieval_metrics(-dist.astype(np.float64), ql, dl, **kw)
         _assert_close(self, got, want, want)
         prec, rec = ref.hamming_radius_pr(dist, ref.relevance_matrix(ql, dl), 2)
@@ -92,8 +104,13 @@ class OracleTest(parameterized.TestCase):
         dp = np.asarray(rm.pack_bits(rng.integers(0, 2, (n, b))))
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         dist = ref.hamming_distances(qp, dp)
-        kw = dict(map_ks=(-1, 7, 40), precision_ks=(), denominator="min_relevant_k",
-                  ties="expected", empty="skip")
+        kw = dict(
+            map_ks=(-1, 7, 40),
+            precision_ks=(),
+            denominator="min_relevant_k",
+            ties="expected",
+            empty="skip",
+        )
         got = rm.retrieval_metrics(rm.hamming_source(qp, dp, num_bits=b), ql, dl, **kw)
         want = ref.retrieval_metrics(-dist.astype(np.float64), ql, dl, **kw)
         _assert_close(self, got, want, want)
@@ -113,8 +130,11 @@ class OracleTest(parameterized.TestCase):
             (rm.adc_source(luts, codes), adc, "expected"),
             (rm.adc_source(luts, codes, lut_is_distance=True), -adc, "stable"),
             (rm.dense_source(qf, xf, metric="ip"), ref.dense_scores(qf, xf, "ip"), "expected"),
-            (rm.dense_source(qf, xf, metric="neg_l2"), ref.dense_scores(qf, xf, "neg_l2"),
-             "stable"),
+            (
+                rm.dense_source(qf, xf, metric="neg_l2"),
+                ref.dense_scores(qf, xf, "neg_l2"),
+                "stable",
+            ),
         )
         for src, scores, ties in cases:
             kw = dict(map_ks=(-1, 10), precision_ks=(5,), ties=ties)
@@ -159,8 +179,9 @@ class ShardingTest(parameterized.TestCase):
         kw = dict(map_ks=(-1, 10), precision_ks=(5,), ties=ties, radius=1)
         plain = rm.retrieval_metrics(src, ql, dl, **kw)
         sharded = rm.retrieval_metrics(src, ql, dl, mesh=mesh, query_chunk=1, db_chunk=24, **kw)
-        want = ref.retrieval_metrics(-ref.hamming_distances(qp, dp), ql, dl,
-                                     map_ks=(-1, 10), precision_ks=(5,), ties=ties)
+        want = ref.retrieval_metrics(
+            -ref.hamming_distances(qp, dp), ql, dl, map_ks=(-1, 10), precision_ks=(5,), ties=ties
+        )
         _assert_close(self, plain, want, want)
         _assert_close(self, sharded, plain, ("map@all", "map@10", "p@5", "p@r1", "r@r1"), 1e-7)
 
@@ -185,8 +206,9 @@ class HandWorkedTest(parameterized.TestCase):
 
     def test_expected_ties(self):
         # Tie order [0, 1] gives 7/12, order [1, 0] gives (1 + 2/3) / 2 = 5/6: mean 17/24.
-        got = rm.map_from_scores(jnp.array([[1.0, 1.0, 0.0]]), np.array([1]), np.array([0, 1, 1]),
-                                 ties="expected")
+        got = rm.map_from_scores(
+            jnp.array([[1.0, 1.0, 0.0]]), np.array([1]), np.array([0, 1, 1]), ties="expected"
+        )
         self.assertAlmostEqual(got, 17 / 24, places=6)
 
     def test_random_ties_follow_seeded_permutation(self):
@@ -195,8 +217,13 @@ class HandWorkedTest(parameterized.TestCase):
             perm = rm.tie_permutation(3, seed)
             first = [i for i in perm if i in (0, 1)][0]  # which tied item ranks first
             want = 7 / 12 if first == 0 else 5 / 6
-            got = rm.map_from_scores(jnp.array([[1.0, 1.0, 0.0]]), np.array([1]),
-                                     np.array([0, 1, 1]), ties="random", seed=seed)
+            got = rm.map_from_scores(
+                jnp.array([[1.0, 1.0, 0.0]]),
+                np.array([1]),
+                np.array([0, 1, 1]),
+                ties="random",
+                seed=seed,
+            )
             self.assertAlmostEqual(got, want, places=6)
             outcomes.add(round(got, 6))
         self.assertLen(outcomes, 2)  # the seed really changes the tie order
@@ -216,14 +243,21 @@ class HandWorkedTest(parameterized.TestCase):
         # relevant_in_topk: both cases give AP 1. min_relevant_k: (1 + 2/3) / min(3, 2) = 5/6.
         scores, ql, dl = jnp.array([[2.0, 1.0, 1.0, 1.0]]), np.array([1]), np.array([1, 1, 1, 0])
         self.assertAlmostEqual(
-            rm.map_from_scores(scores, ql, dl, k=2, ties="expected"), 1.0, places=6)
+            rm.map_from_scores(scores, ql, dl, k=2, ties="expected"), 1.0, places=6
+        )
         self.assertAlmostEqual(
-            rm.map_from_scores(scores, ql, dl, k=2, ties="expected",
-                               denominator="min_relevant_k"), 5 / 6, places=6)
+            rm.map_from_scores(scores, ql, dl, k=2, ties="expected", denominator="min_relevant_k"),
+            5 / 6,
+            places=6,
+        )
         # Three-way tie with one relevant item, K = 1: it is first with probability 1/3.
         self.assertAlmostEqual(
-            rm.map_from_scores(jnp.ones((1, 3)), np.array([1]), np.array([0, 1, 0]), k=1,
-                               ties="expected"), 1 / 3, places=6)
+            rm.map_from_scores(
+                jnp.ones((1, 3)), np.array([1]), np.array([0, 1, 0]), k=1, ties="expected"
+            ),
+            1 / 3,
+            places=6,
+        )
 
     def test_empty_queries_zero_or_skip(self):
         # Query 0: its only relevant item ranks first (AP 1); query 1 has no relevant item.
@@ -235,8 +269,9 @@ class HandWorkedTest(parameterized.TestCase):
 
     def test_k_larger_than_n_is_clipped(self):
         scores, ql, dl = jnp.array([[3.0, 2.0, 1.0]]), np.array([1]), np.array([0, 1, 1])
-        res = rm.retrieval_metrics(rm.scores_source(scores), ql, dl, map_ks=(-1, 10),
-                                   precision_ks=(10,), recall_ks=(10,))
+        res = rm.retrieval_metrics(
+            rm.scores_source(scores), ql, dl, map_ks=(-1, 10), precision_ks=(10,), recall_ks=(10,)
+        )
         self.assertAlmostEqual(res["map@10"], res["map@all"], places=7)
         self.assertAlmostEqual(res["map@all"], (1 / 2 + 2 / 3) / 2, places=6)
         self.assertAlmostEqual(res["p@10"], 2 / 3, places=7)  # hits / min(K, N)
@@ -249,7 +284,8 @@ class HandWorkedTest(parameterized.TestCase):
         dl = np.array([[0, 1, 0], [0, 0, 1], [1, 1, 0]])
         np.testing.assert_array_equal(
             np.asarray(rm.relevance(jnp.asarray(ql, jnp.bfloat16), jnp.asarray(dl, jnp.bfloat16))),
-            [[False, True, True]])
+            [[False, True, True]],
+        )
         # Ranked [yes, no, yes]: AP = (1 + 2/3) / 2.
         got = rm.map_from_scores(jnp.array([[2.0, 3.0, 1.0]]), ql, dl)
         self.assertAlmostEqual(got, (1 + 2 / 3) / 2, places=6)
@@ -282,25 +318,39 @@ class HandWorkedTest(parameterized.TestCase):
         ql, dl = np.eye(q, dtype=int), rel.T
         ks = (-1, 1, 2, 4)
         for den in rm.DENOMINATORS:
-            got = rm.retrieval_metrics(rm.scores_source(scores), ql, dl, map_ks=ks,
-                                       precision_ks=ks[1:], denominator=den, ties="expected")
+            got = rm.retrieval_metrics(
+                rm.scores_source(scores),
+                ql,
+                dl,
+                map_ks=ks,
+                precision_ks=ks[1:],
+                denominator=den,
+                ties="expected",
+            )
             for k in ks:
                 brute = [
                     ref.brute_force_expected(
-                        scores[i], rel[i],
-                        lambda ranked, k=k: ref.ranked_average_precision(ranked, k, den))
+                        scores[i],
+                        rel[i],
+                        lambda ranked, k=k, den=den: ref.ranked_average_precision(ranked, k, den),
+                    )
                     for i in range(q)
                 ]
                 for i in range(q):
                     self.assertAlmostEqual(
-                        ref.expected_average_precision(scores[i], rel[i], k, den), brute[i],
-                        places=12)
+                        ref.expected_average_precision(scores[i], rel[i], k, den),
+                        brute[i],
+                        places=12,
+                    )
                 key = "map@all" if k == -1 else f"map@{k}"
                 self.assertAlmostEqual(got[key], np.mean(brute), places=6)
                 if k != -1:
-                    hits = [ref.brute_force_expected(scores[i], rel[i],
-                                                     lambda ranked, k=k: sum(ranked[:k]))
-                            for i in range(q)]
+                    hits = [
+                        ref.brute_force_expected(
+                            scores[i], rel[i], lambda ranked, k=k: sum(ranked[:k])
+                        )
+                        for i in range(q)
+                    ]
                     self.assertAlmostEqual(got[f"p@{k}"], np.mean(hits) / k, places=6)
 
     def test_harmonic_diff_accuracy(self):
@@ -338,8 +388,12 @@ class ValidationTest(parameterized.TestCase):
             rm.hamming_source(np.array([[1]]), np.array([[0]]), num_bits=3)
 
     def test_format_metrics_states_conventions(self):
-        res = rm.retrieval_metrics(rm.scores_source(np.array([[1.0, 0.0]])), np.array([0]),
-                                   np.array([0, 1]), ties="expected")
+        res = rm.retrieval_metrics(
+            rm.scores_source(np.array([[1.0, 0.0]])),
+            np.array([0]),
+            np.array([0, 1]),
+            ties="expected",
+        )
         line = rm.format_metrics(res)
         self.assertIn("map@all=1.0000", line)
         self.assertIn("ties=expected", line)

@@ -240,12 +240,14 @@ def retrieval_metrics(
     has = R > 0
     res = {}
     for k in map_ks:
-        if ties == "expected":
-            fn = lambda s, r, _, k=k: expected_average_precision(s, r, k, denominator)  # noqa: E731
-        else:
-            fn = lambda s, r, ranked, k=k: ranked_average_precision(ranked, k, denominator)  # noqa: E731
+
+        def ap_fn(s, r, ranked, k=k):
+            if ties == "expected":
+                return expected_average_precision(s, r, k, denominator)
+            return ranked_average_precision(ranked, k, denominator)
+
         res["map@all" if k == -1 else f"map@{k}"] = _mean(
-            _per_query(scores, rel, ties, seed, fn), has, empty
+            _per_query(scores, rel, ties, seed, ap_fn), has, empty
         )
 
     def hits_fn(k):

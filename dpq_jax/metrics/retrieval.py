@@ -29,7 +29,10 @@ Algorithms (all exact; nothing of size Q x N ever reaches the host):
   or by the random permutation applied to the database beforehand). Prefix sums over the ranked
   relevance give AP@all, AP@K, hits@K; for `"expected"`, tie groups are found on the sorted row
   (`cummax`/`cummin` of group boundaries) and the McSherry-Najork per-position expectation is
-  summed. Cost O(Q N log N) time, O(query_chunk x N) device memory per device.
+  summed. Cost O(Q N log N) time, O(query_chunk x N) device memory per device. Hamming
+  distances are packed above the database index into one int32 key (`distance << 24 | index`,
+  for b <= 126 and N <= 2**24), so a single-operand integer sort gives the stable order; float
+  scores use a (key, index) pair sort.
 * **Histogram path** (Hamming source with `ties="expected"`, and every Hamming-radius metric).
   Distances take only b+1 values, so per-query counts of all items and of relevant items at each
   distance (streamed over database chunks, O(query_chunk x (b+1)) memory, no sort) determine
@@ -47,8 +50,8 @@ identical with and without a mesh.
 
 References:
   F. McSherry and M. Najork, "Computing Information Retrieval Performance Measures Efficiently
-  in the Presence of Tied Scores", ECIR 2008 (tie-aware AP: expected precision at each rank of
-  a tie group, Sec. 3).
+  in the Presence of Tied Scores", ECIR 2008 (tie-aware AP: the expected precision at each rank
+  of a tie group).
   H. Jegou, M. Douze, C. Schmid, "Product Quantization for Nearest Neighbor Search", TPAMI 2011
   (asymmetric distance computation, Sec. IV-A, Eq. 13).
 """
@@ -79,9 +82,14 @@ SOURCE_KINDS = ("dense_ip", "dense_neg_l2", "adc", "hamming", "scores")
 # count in the high bits of one int32, so a Hamming database chunk must stay below 2**15 items.
 MAX_HAMMING_DB_CHUNK = 32767
 _DEFAULT_DB_CHUNK = 16384
-# Elements of one query-chunk x database working set (sort path rows, histogram path pairs).
-_ROW_BUDGET = {"cpu": 1 << 21, "default": 1 << 24}
-_PAIR_BUDGET = 1 << 22
+# Elements of one query-chunk x database working set: sort path rows (about 40 bytes each
+# across the sort and prefix sums) and histogram path (query, item) pairs per scan step.
+_ROW_BUDGET = {"cpu": 1 << 21, "default": 1 << 25}
+_PAIR_BUDGET = {"cpu": 1 << 22, "default": 1 << 23}
+# Hamming sort keys pack the distance above a 24-bit database index (N_pad <= 2**24); the
+# padding key int32 max decodes to distance 127, so real distances must stay below it.
+_INDEX_BITS = 24
+_MAX_PACKED_BITS = 126
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +389,7 @@ def relevance(query_labels: Shaped[Array, "q ..."], db_labels: Shaped[Array, "n 
 
 
 def distance_histograms(
-    dist: Int[Array, "q n"], rel: Bool[Array, "q n"], valid: Bool[Array, "n"], num_bits: int
+    dist: Int[Array, "q n"], rel: Bool[Array, "q n"], valid: Bool[Array, " n"], num_bits: int
 ) -> tuple[Int[Array, "q v"], Int[Array, "q v"]]:
     """Per-query counts of all and of relevant items at each distance 0..b.
 
@@ -406,7 +414,7 @@ def distance_histograms(
 
 
 def ranked_stats(
-    keys: Float[Array, "q n"],
+    keys: Shaped[Array, "q n"],
     rel: Int[Array, "q n"],
     *,
     num_items: int,
@@ -419,7 +427,8 @@ def ranked_stats(
     scores; padding has key +inf and sorts last) and `rel` its relevance.
 
     Args:
-      keys: [q, n_pad] ascending sort keys, n_pad >= num_items.
+      keys: [q, n_pad] ascending sort keys (any dtype; only equality of neighbours is used
+        beyond the order), n_pad >= num_items.
       rel: [q, n_pad] 0/1 relevance in ranked order (0 on padding).
       num_items: N, the number of real items.
       cuts: cut-off ranks K, each in [1, N].
@@ -435,7 +444,7 @@ def ranked_stats(
       `S_above` [q, c] (expected precision sum over ranks <= A).
 
     References:
-      McSherry & Najork, ECIR 2008, Sec. 3: for rank k inside a tie group with A items and a
+      McSherry & Najork, ECIR 2008 (tie-aware AP): for rank k inside a tie group with A items and a
       relevant items above it, t items and r relevant in it,
       E[rel_k prec_k] = (r / t) * (a + 1 + (k - A - 1) (r - 1) / (t - 1)) / k.
     """
@@ -515,29 +524,50 @@ def _block_keys(plan: _Plan, qd, xd):
     return key, ~jnp.isfinite(s)
 
 
+def _packed_hamming_sort(plan: _Plan) -> bool:
+    """Whether (distance << 24 | index) fits an int32 key: one single-operand integer sort."""
+    return (
+        plan.kind == "hamming"
+        and plan.num_bits <= _MAX_PACKED_BITS
+        and (plan.num_db_chunks * plan.db_chunk <= (1 << _INDEX_BITS))
+    )
+
+
 def _sort_chunk(plan: _Plan, qd, ql, xd, xl, xv):
     qc = ql.shape[0]
+    packed = _packed_hamming_sort(plan)
 
     def body(bad, xs):
-        d, lab, v = xs
+        d, lab, v, j = xs
+        rel = relevance(ql, lab) & v[None, :]
+        if packed:
+            # Distances are small ints: pack them above the database index so that a plain
+            # integer sort (fast on CPU, keys-only radix on GPU) gives the stable order.
+            idx = j * plan.db_chunk + jnp.arange(plan.db_chunk, dtype=jnp.int32)
+            key = (hamming_distances(qd, d) << _INDEX_BITS) | idx[None, :]
+            key = jnp.where(v[None, :], key, jnp.iinfo(jnp.int32).max)
+            return bad, (key, rel.astype(jnp.int8))
         key, nonfinite = _block_keys(plan, qd, d)
         key = jnp.where(v[None, :], key, jnp.inf)  # padding ranks last
-        rel = relevance(ql, lab) & v[None, :]
         if nonfinite is not None:
             bad = bad + jnp.sum(nonfinite & v[None, :], axis=1, dtype=jnp.int32)
         return bad, (key, rel.astype(jnp.int8))
 
-    bad, (keys, rels) = lax.scan(body, jnp.zeros((qc,), jnp.int32), (xd, xl, xv))
+    chunk_ids = jnp.arange(plan.num_db_chunks, dtype=jnp.int32)
+    bad, (keys, rels) = lax.scan(body, jnp.zeros((qc,), jnp.int32), (xd, xl, xv, chunk_ids))
     n_pad = plan.num_db_chunks * plan.db_chunk
     keys = jnp.moveaxis(keys, 0, 1).reshape(qc, n_pad)  # [qc, N_pad]
     rels = jnp.moveaxis(rels, 0, 1).reshape(qc, n_pad)
-    iota = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
-    # Stable sort: equal keys keep database order (index, or the random permutation).
-    keys, order = lax.sort((keys, iota), dimension=1, is_stable=True, num_keys=1)
+    if packed:
+        keys = lax.sort(keys, dimension=1)  # keys are unique: stability is implied
+        order = keys & ((1 << _INDEX_BITS) - 1)
+        keys = keys >> _INDEX_BITS  # the distance (padding: 127, after every real item)
+    else:
+        iota = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
+        # Stable sort: equal keys keep database order (index, or the random permutation).
+        keys, order = lax.sort((keys, iota), dimension=1, is_stable=True, num_keys=1)
     rels = jnp.take_along_axis(rels, order, axis=1)
-    out = ranked_stats(
-        keys, rels, num_items=plan.num_items, cuts=plan.cuts, expected=plan.expected
-    )
+    out = ranked_stats(keys, rels, num_items=plan.num_items, cuts=plan.cuts, expected=plan.expected)
     out["bad"] = bad
     return out
 
@@ -638,11 +668,9 @@ def _normalize_ks(ks, name, allow_all):
     return tuple(out)
 
 
-def _row_budget(mesh) -> int:
-    platform = (
-        mesh.devices.flat[0].platform if mesh is not None else jax.devices()[0].platform
-    )
-    return _ROW_BUDGET.get(platform, _ROW_BUDGET["default"])
+def _budget(table, mesh) -> int:
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.devices()[0].platform
+    return table.get(platform, table["default"])
 
 
 def _balanced(total: int, cap: int, multiple: int = 1) -> int:
@@ -675,7 +703,10 @@ def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_ch
     n_pad = nb * nc
     q_local = -(-nq_total // ndev)
     if query_chunk is None:
-        cap = _row_budget(mesh) // n_pad if path == "sort" else _PAIR_BUDGET // nc
+        if path == "sort":
+            cap = _budget(_ROW_BUDGET, mesh) // n_pad
+        else:
+            cap = _budget(_PAIR_BUDGET, mesh) // nc
         qc = _balanced(q_local, min(cap, q_local))
     else:
         if int(query_chunk) < 1:
@@ -803,10 +834,15 @@ def _expected_ap_rik(A, t, a, trel, s_above, m, dh, j):
         ok = h <= hi
         nxt = h < hi  # log P(h+1) - log P(h) for consecutive admissible h
         tt, rr, mm = t[sl, None], trel[sl, None], m[sl, None]
-        safe = lambda x: np.where(nxt, x, 1.0)  # noqa: E731
+
+        def safe(x, nxt=nxt):  # log of 1 where the step is not admissible
+            return np.where(nxt, x, 1.0)
+
         step_log = np.where(
             nxt,
-            np.log(safe(rr - h)) + np.log(safe(mm - h)) - np.log(h + 1.0)
+            np.log(safe(rr - h))
+            + np.log(safe(mm - h))
+            - np.log(h + 1.0)
             - np.log(safe(tt - rr - mm + h + 1.0)),
             0.0,
         )
@@ -918,13 +954,31 @@ def _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh):
     expected = ties == "expected"
     if source.kind == "hamming" and expected:
         h = _run(
-            source, ql, dl, path="hist", expected=True, cuts=(), ties=ties, seed=seed,
-            query_chunk=query_chunk, db_chunk=db_chunk, mesh=mesh,
+            source,
+            ql,
+            dl,
+            path="hist",
+            expected=True,
+            cuts=(),
+            ties=ties,
+            seed=seed,
+            query_chunk=query_chunk,
+            db_chunk=db_chunk,
+            mesh=mesh,
         )
         return _hist_stats(h["tot"], h["rel"], cuts), h
     return _run(
-        source, ql, dl, path="sort", expected=expected, cuts=cuts, ties=ties, seed=seed,
-        query_chunk=query_chunk, db_chunk=db_chunk, mesh=mesh,
+        source,
+        ql,
+        dl,
+        path="sort",
+        expected=expected,
+        cuts=cuts,
+        ties=ties,
+        seed=seed,
+        query_chunk=query_chunk,
+        db_chunk=db_chunk,
+        mesh=mesh,
     ), None
 
 
@@ -993,8 +1047,13 @@ def retrieval_metrics(
         raise ValueError(f"radius must lie in [0, {source.num_bits}], got {radius}.")
     ql, dl, multi = _prepare_labels(query_labels, db_labels, source.num_queries, n)
     clip = lambda k: min(k, n)  # noqa: E731
-    cuts = tuple(sorted({clip(k) for k in map_ks if k != -1} | {clip(k) for k in precision_ks}
-                        | {clip(k) for k in recall_ks}))
+    cuts = tuple(
+        sorted(
+            {clip(k) for k in map_ks if k != -1}
+            | {clip(k) for k in precision_ks}
+            | {clip(k) for k in recall_ks}
+        )
+    )
     stats, hist = _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh)
     R = np.asarray(stats["R"], np.float64)
     has_rel = R > 0
@@ -1009,8 +1068,9 @@ def retrieval_metrics(
 
     for k in map_ks:
         if k == -1:
-            ap = np.divide(stats["ap_sum"].astype(np.float64), R, out=np.zeros_like(R),
-                           where=has_rel)
+            ap = np.divide(
+                stats["ap_sum"].astype(np.float64), R, out=np.zeros_like(R), where=has_rel
+            )
             result["map@all"] = _mean(ap, has_rel, empty)
         else:
             result[f"map@{k}"] = _mean(cut(clip(k))[1], has_rel, empty)
@@ -1018,8 +1078,9 @@ def retrieval_metrics(
         result[f"p@{k}"] = _mean(cut(clip(k))[0] / clip(k), has_rel, empty)
     for k in recall_ks:
         hits = cut(clip(k))[0]
-        result[f"r@{k}"] = _mean(np.divide(hits, R, out=np.zeros_like(R), where=has_rel),
-                                 has_rel, empty)
+        result[f"r@{k}"] = _mean(
+            np.divide(hits, R, out=np.zeros_like(R), where=has_rel), has_rel, empty
+        )
     extra = None
     if radius is not None:
         pr = _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh, hist)
@@ -1027,7 +1088,12 @@ def retrieval_metrics(
         result[f"r@r{radius}"] = _mean(pr["recall"][:, radius], pr["has_rel"], empty)
         extra = {"radius_precision_when_nothing_retrieved": 0.0}
     result["conventions"] = _conventions(
-        source, denominator=denominator, empty=empty, ties=ties, seed=seed, multi_label=multi,
+        source,
+        denominator=denominator,
+        empty=empty,
+        ties=ties,
+        seed=seed,
+        multi_label=multi,
         extra=extra,
     )
     return result
@@ -1038,8 +1104,17 @@ def _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh, hist=None):
     h = hist
     if h is None:
         h = _run(
-            source, ql, dl, path="hist", expected=True, cuts=(), ties="expected", seed=0,
-            query_chunk=query_chunk, db_chunk=db_chunk, mesh=mesh,
+            source,
+            ql,
+            dl,
+            path="hist",
+            expected=True,
+            cuts=(),
+            ties="expected",
+            seed=0,
+            query_chunk=query_chunk,
+            db_chunk=db_chunk,
+            mesh=mesh,
         )
     retrieved = np.cumsum(h["tot"], 1).astype(np.float64)  # [Q, b+1]
     hits = np.cumsum(h["rel"], 1).astype(np.float64)
@@ -1089,8 +1164,7 @@ def hamming_radius_pr(
         raise ValueError(f"hamming_radius_pr needs a hamming_source, got {source.kind}.")
     if not 0 <= int(radius) <= source.num_bits:
         raise ValueError(f"radius must lie in [0, {source.num_bits}], got {radius}.")
-    ql, dl, multi = _prepare_labels(query_labels, db_labels, source.num_queries,
-                                    source.num_items)
+    ql, dl, multi = _prepare_labels(query_labels, db_labels, source.num_queries, source.num_items)
     pr = _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh)
     return {
         "precision": _mean(pr["precision"][:, radius], pr["has_rel"], empty),
@@ -1157,8 +1231,11 @@ def pr_curve(
             "precision": np.array([_mean(c, has, empty) for c in pr["precision"].T]),
             "recall": np.array([_mean(c, has, empty) for c in pr["recall"].T]),
             "radius": np.arange(source.num_bits + 1),
-            "conventions": {"by": "radius", "empty": empty,
-                            "precision_when_nothing_retrieved": 0.0},
+            "conventions": {
+                "by": "radius",
+                "empty": empty,
+                "precision_when_nothing_retrieved": 0.0,
+            },
         }
     if cutoffs is None:
         cutoffs = np.unique(np.linspace(1, n, num=min(n, 100)).round().astype(np.int64))
@@ -1170,16 +1247,24 @@ def pr_curve(
     col = {K: i for i, K in enumerate(cuts)}
     prec, rec = [], []
     for k in ks:
-        hits, _ = _cut_metrics(stats, col[min(k, n)], min(k, n), ties == "expected",
-                               "min_relevant_k")
+        hits, _ = _cut_metrics(
+            stats, col[min(k, n)], min(k, n), ties == "expected", "min_relevant_k"
+        )
         prec.append(_mean(hits / min(k, n), has, empty))
         rec.append(_mean(np.divide(hits, R, out=np.zeros_like(R), where=has), has, empty))
     return {
         "precision": np.asarray(prec),
         "recall": np.asarray(rec),
         "cutoffs": np.asarray(ks, np.int64),
-        "conventions": _conventions(source, denominator="n/a", empty=empty, ties=ties,
-                                    seed=seed, multi_label=multi, extra={"by": "rank"}),
+        "conventions": _conventions(
+            source,
+            denominator="n/a",
+            empty=empty,
+            ties=ties,
+            seed=seed,
+            multi_label=multi,
+            extra={"by": "rank"},
+        ),
     }
 
 
@@ -1223,8 +1308,16 @@ def map_from_scores(
     """
     src = scores_source(scores, higher_is_better=higher_is_better)
     res = retrieval_metrics(
-        src, query_labels, db_labels, map_ks=(k,), precision_ks=(), denominator=denominator,
-        empty=empty, ties=ties, seed=seed, mesh=mesh,
+        src,
+        query_labels,
+        db_labels,
+        map_ks=(k,),
+        precision_ks=(),
+        denominator=denominator,
+        empty=empty,
+        ties=ties,
+        seed=seed,
+        mesh=mesh,
     )
     return res["map@all" if k == -1 else f"map@{k}"]
 
@@ -1262,4 +1355,3 @@ __all__ = [
     "scores_source",
     "tie_permutation",
 ]
-

@@ -61,8 +61,7 @@ def pack_bits(bits: Shaped[Array, "n b"]) -> UInt32[Array, "n w"]:
     """
     bits = jnp.asarray(bits)
     _check_2d(bits, "bits")
-    num_n, num_bits = bits.shape
-    if num_bits == 0:
+    if bits.shape[1] == 0:
         raise ValueError("bits has 0 columns; a code needs at least one bit.")
     return _pack_bits(bits)
 
@@ -94,6 +93,8 @@ def unpack_bits(packed: UInt32[Array, "n w"], num_bits: int) -> UInt8[Array, "n 
     """
     packed = jnp.asarray(packed)
     _check_packed(packed, "packed")
+    if packed.dtype != jnp.uint32:
+        raise ValueError(f"packed must be uint32 words from pack_bits, got {packed.dtype}.")
     words = packed.shape[1]
     if not (WORD_BITS * (words - 1) < num_bits <= WORD_BITS * words):
         raise ValueError(

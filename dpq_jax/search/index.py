@@ -193,7 +193,7 @@ def _read_npz(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
     raw = arrays.pop(_META_KEY)
     try:
         meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise fail(f"the metadata is not valid UTF-8 JSON ({e}).") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__

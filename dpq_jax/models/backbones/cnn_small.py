@@ -35,6 +35,8 @@ class CNNSmall(nnx.Module):
         features: int,
         *,
         widths: Sequence[int] = (32, 64, 128),
+        pool: str = "avg",
+        input_hw: Sequence[int] | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -44,6 +46,10 @@ class CNNSmall(nnx.Module):
           in_channels: C of the input images `[B, H, W, C]`.
           features: D, the output embedding width.
           widths: output channels of each conv block (one 2x2 max-pool per block).
+          pool: `"avg"` (global average pool: any input size) or `"flatten"` (keeps the
+            spatial layout, as the SphereFace head does; needs `input_hw`). Faces of unseen
+            identities are ranked better with the layout kept.
+          input_hw: `(H, W)` of the input images, required by `pool="flatten"`.
           dtype: compute dtype of convolutions and the dense layer (e.g. `jnp.bfloat16`).
           rngs: `nnx.Rngs` for parameter initialisation.
 
@@ -56,7 +62,12 @@ class CNNSmall(nnx.Module):
                 f"in_channels ({in_channels}), features ({features}) and every entry of "
                 f"widths ({widths}) must be positive, with at least one block."
             )
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"pool must be 'avg' or 'flatten', got {pool!r}.")
+        if pool == "flatten" and (input_hw is None or len(input_hw) != 2):
+            raise ValueError("pool='flatten' needs input_hw=(H, W) of the input images.")
         self.dtype = dtype
+        self.pool = pool
         convs, norms = [], []
         channels = in_channels
         for width in widths:
@@ -80,7 +91,14 @@ class CNNSmall(nnx.Module):
             channels = width
         self.convs = nnx.List(convs)
         self.norms = nnx.List(norms)
-        self.dense = nnx.Linear(channels, features, dtype=dtype, kernel_init=KERNEL_INIT, rngs=rngs)
+        if pool == "flatten":
+            h, w = (int(v) for v in input_hw)
+            for _ in widths:  # each SAME max-pool halves H and W, rounding up
+                h, w = -(-h // 2), -(-w // 2)
+            flat = h * w * channels
+        else:
+            flat = channels
+        self.dense = nnx.Linear(flat, features, dtype=dtype, kernel_init=KERNEL_INIT, rngs=rngs)
         self.out_norm = nnx.BatchNorm(
             features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=jnp.float32, rngs=rngs
         )
@@ -98,6 +116,9 @@ class CNNSmall(nnx.Module):
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.relu(norm(conv(x)))
             x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C'] global average pool
+        if self.pool == "flatten":
+            x = x.reshape(x.shape[0], -1)  # [B, H'·W'·C']
+        else:
+            x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C'] global average pool
         x = self.dense(x.astype(self.dtype))
         return self.out_norm(x.astype(jnp.float32))
