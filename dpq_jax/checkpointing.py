@@ -153,6 +153,27 @@ class Checkpointer:
             )
         return restored["state"], meta
 
+    def restore_meta(self, step: int | None = None) -> dict:
+        """Only the JSON metadata of `step` (default: latest); no arrays are read."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"No checkpoint found in {self.directory}.")
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"Cannot read the metadata of {os.path.join(self.directory, str(step))}: {e}"
+            ) from e
+        meta = dict(restored["meta"] or {})
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{self.directory}/{step} is not a dpq_jax checkpoint (format "
+                f"{meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})."
+            )
+        return meta
+
     def restore_or_none(self, abstract_state: Any) -> tuple[Any, dict] | None:
         """The latest checkpoint, or None when the directory holds none."""
         if self.latest_step() is None:

@@ -102,12 +102,14 @@ def training_subset(source, train_indices: np.ndarray):
     return subset, len(classes)
 
 
-def model_signature(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-    """What must match between a checkpoint and the current run for a resume to be valid."""
+def model_signature(config: ml_collections.ConfigDict, num_classes: int, in_channels: int) -> dict:
+    """What must match between a checkpoint and the current run for a resume to be valid
+    (also what `restore_model` needs to rebuild the model)."""
     return {
         "method": config.method,
         "model": json.loads(config.model.to_json()),
         "num_classes": int(num_classes),
+        "in_channels": int(in_channels),
         "protocol": config.protocol,
         "seed": int(config.seed),
         "batch_size": int(config.input.batch_size),
@@ -144,6 +146,78 @@ def _check_finite(finite_flags: list, first_step: int, last_step: int, ckpt) -> 
             f"{ckpt.directory} is kept. Lower --config.optim.lr, set "
             "--config.optim.grad_clip_norm, or check the input data."
         )
+
+
+def build_state(config, *, num_classes: int, in_channels: int):
+    """Builds `(graphdef, state, schedule)` of the `(model, optimizer)` pair in train mode."""
+    method = registry.get("method", config.method)
+    model = method.build(
+        config.model, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(config.seed)
+    )
+    tx, schedule = optim.make_optimizer(config.optim, int(config.total_steps))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model.train()
+    graphdef, state = nnx.split((model, optimizer))
+    return graphdef, state, schedule
+
+
+def restore_model(workdir: str, step: int | str = "best"):
+    """Rebuilds the trained model of a workdir for inference (notebooks, the retriever).
+
+    Args:
+      workdir: a training workdir (holds `config.json` and `checkpoints/`).
+      step: `"best"` (best on validation, else latest), `"latest"`, or a step number.
+
+    Returns:
+      `(config, method, model, meta)`: the run's config (unlocked ConfigDict), its
+      `Method`, the NNX model in eval mode, and the checkpoint's JSON metadata.
+
+    Raises:
+      FileNotFoundError: no `config.json` in `workdir`.
+      checkpointing.CheckpointError: no usable checkpoint.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a dpq_jax training workdir.")
+    with open(path, encoding="utf-8") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config = _tuples(config)
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_interval_steps=1,
+        best_metric=config.get("select_on") or None,
+    )
+    try:
+        if step == "best":
+            step = ckpt.best_step() or ckpt.latest_step()
+        elif step == "latest":
+            step = ckpt.latest_step()
+        if step is None:
+            raise checkpointing.CheckpointError(f"No checkpoint in {ckpt.directory}.")
+        meta = ckpt.restore_meta(step)
+        signature = meta["signature"]
+        graphdef, state, _ = build_state(
+            config, num_classes=signature["num_classes"], in_channels=signature["in_channels"]
+        )
+        state, meta = ckpt.restore(checkpointing.abstract_like(state), step=step)
+    finally:
+        ckpt.close()
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    return config, registry.get("method", config.method), model, meta
+
+
+def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """JSON turns tuples into lists; configs use tuples."""
+
+    def convert(x):
+        if isinstance(x, dict):
+            return {k: convert(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(convert(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(convert(config.to_dict()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,18 +280,10 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
 
     # ---------------------------------------------------------------------------- Model
     method = registry.get("method", config.method)
-    model = method.build(
-        config.model,
-        num_classes=num_classes,
-        in_channels=int(source.images.shape[-1]),
-        rngs=nnx.Rngs(config.seed),
-    )
     total_steps = int(config.total_steps)
-    tx, schedule = optim.make_optimizer(config.optim, total_steps)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    model.train()
-    graphdef, state = nnx.split((model, optimizer))
-    del model, optimizer
+    graphdef, state, schedule = build_state(
+        config, num_classes=num_classes, in_channels=int(source.images.shape[-1])
+    )
     state = jax.device_put(state, parallel.replicated(mesh))
     num_params = sum(
         x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
@@ -228,7 +294,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     )
 
     # ---------------------------------------------------------------------------- Checkpoint
-    signature = model_signature(config, num_classes)
+    signature = model_signature(config, num_classes, int(source.images.shape[-1]))
     select_on = config.get("select_on", "") or None
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),

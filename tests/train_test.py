@@ -110,3 +110,22 @@ def test_batch_not_divisible_by_devices(orl_data_dir, tmp_path):
     config = tiny_config(orl_data_dir, **{"input.batch_size": 12})
     with pytest.raises(ValueError, match="not divisible by the 8 devices"):
         train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_restore_model_matches_trained_state(orl_data_dir, tmp_path):
+    from flax import nnx
+
+    config = tiny_config(orl_data_dir, total_steps=2, ckpt_steps=2)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    _, method, model, meta = train.restore_model(str(tmp_path), step="latest")
+    assert meta["step"] == 2 and meta["signature"]["in_channels"] == 1
+    graphdef, _, _ = train.build_state(config, num_classes=40, in_channels=1)
+    trained, _ = nnx.merge(graphdef, result.state)
+    trained.eval()
+    images = np.random.default_rng(0).normal(size=(4, 32, 26, 1)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(method.encode_fn(model, images)["codes"]),
+        np.asarray(method.encode_fn(trained, images)["codes"]),
+    )
+    with pytest.raises(FileNotFoundError, match="not a dpq_jax training workdir"):
+        train.restore_model(str(tmp_path / "nowhere"))
