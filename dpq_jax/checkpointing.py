@@ -91,6 +91,7 @@ class Checkpointer:
     ):
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
+        self.best_mode = best_mode
         policies = [checkpoint_managers.LatestN(max_to_keep)]
         if best_metric:
             policies.append(
@@ -103,6 +104,10 @@ class Checkpointer:
             )
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_interval_steps,
+            # best_fn makes orbax write each step's metrics to disk, so the best step is still
+            # known after a restart; which steps are kept is decided by the policies above.
+            best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
+            best_mode=best_mode,
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
@@ -118,7 +123,20 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def best_step(self) -> int | None:
-        return self._manager.best_step() if self.best_metric else None
+        """The kept step with the best `best_metric` (ties: the later step); None without one."""
+        if not self.best_metric:
+            return None
+        best_step, best_value = None, None
+        for step in sorted(self.all_steps()):
+            metrics = self._manager.metrics(step) or {}
+            value = metrics.get(self.best_metric)
+            if value is None:
+                continue
+            if best_value is None or (
+                value <= best_value if self.best_mode == "min" else value >= best_value
+            ):
+                best_step, best_value = step, value
+        return best_step
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:

@@ -356,6 +356,56 @@ def _lut_soft_quantized(probs, codebooks):
     )
 
 
+def soft_quantized_vectors(
+    probs: Float[Array, "q m k"], codebooks: Float[Array, "m k d"]
+) -> Float[Array, "q dim"]:
+    """The soft-quantized query vector `s = [s_1, ..., s_M]`, `s_m = sum_k p_mk c_mk`.
+
+    `lut_soft_quantized(probs, codebooks)` is the inner-product table of this vector, and
+    `lut_l2(s, codebooks)` its squared-L2 table, so an engine that takes query vectors (FAISS
+    `IndexPQ`) reproduces the soft-quantized query sides when given `s`.
+
+    Args:
+      probs: `[Q, M, K]` soft assignments of the query.
+      codebooks: `[M, K, d]` codewords.
+
+    Returns:
+      `[Q, M * d]` float32, subspace `m` in columns `m*d : (m+1)*d`.
+
+    Raises:
+      ValueError: shapes do not match.
+
+    References:
+      Zhang, Zhe & Yan, Pattern Recognition 2023 (OPQN), soft quantization `s_m = C_m p_m`.
+
+    Examples:
+      >>> probs = jnp.array([[[0.25, 0.75]]])  # Q=1, M=1, K=2
+      >>> cb = jnp.array([[[4.0, 0.0], [0.0, 4.0]]])  # d=2
+      >>> soft_quantized_vectors(probs, cb).tolist()
+      [[1.0, 3.0]]
+    """
+    _check_codebooks(codebooks)
+    _check_lut(probs, "probs")
+    if probs.shape[1:] != codebooks.shape[:2]:
+        raise ValueError(
+            f"probs has shape {probs.shape} but the codebooks have [M, K] = "
+            f"{codebooks.shape[:2]}; they must agree."
+        )
+    return _soft_quantized_vectors(jnp.asarray(probs), jnp.asarray(codebooks))
+
+
+@jax.jit
+def _soft_quantized_vectors(probs, codebooks):
+    soft = jnp.einsum(
+        "qmk,mkd->qmd",
+        probs.astype(jnp.float32),
+        codebooks.astype(jnp.float32),
+        precision=_HIGHEST,
+        preferred_element_type=jnp.float32,
+    )  # [Q, M, d]
+    return soft.reshape(soft.shape[0], -1)  # [Q, M*d], subspace-major
+
+
 def lut_l2(query: Float[Array, "q ..."], codebooks: Float[Array, "m k d"]) -> Float[Array, "q m k"]:
     """Squared-L2 LUT: `LUT[q, m, k] = ||x_qm - c_mk||^2`; ranked in ASCENDING order.
 

@@ -8,7 +8,8 @@ optionally over a mesh.
 File format (`save` / `load_index`): one `.npz` written with `numpy.savez` (no pickle, loaded
 with `allow_pickle=False`), holding the arrays plus a `__metadata__` entry with UTF-8 JSON:
 `format` ("dpq_jax.index"), `format_version`, `kind` ("pq" or "binary"), method, metric,
-code length, sizes, and the dtype, shape and sha256 of every array as stored. `load_index`
+code length, sizes, the dtype, shape and sha256 of every array as stored, and an optional
+`extra` dict of the caller's own JSON metadata (`load_index_metadata`). `load_index`
 checks all of it, so a truncated, corrupt, tampered, foreign or too-new file raises a
 ValueError that names the file and the problem. Files are written to a temporary name and
 renamed, so a crash never leaves a half-written index under the final name. K <= 16 codes are
@@ -143,6 +144,22 @@ def _check_method(method) -> str:
     if not isinstance(method, str) or not method:
         raise ValueError(f"method must be a non-empty string naming the method, got {method!r}.")
     return method
+
+
+def _extra_meta(extra) -> dict:
+    """`{"extra": extra}` after checking that it survives a JSON round trip; `{}` for None."""
+    if extra is None:
+        return {}
+    try:
+        ok = isinstance(extra, dict) and json.loads(json.dumps(extra)) == extra
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            "extra must be a dict of JSON values (str keys; str, number, bool, None, list, "
+            f"dict) that survives a JSON round trip unchanged (no tuples), got {extra!r:.200}."
+        )
+    return {"extra": extra}
 
 
 def _write_npz(path, arrays: dict[str, np.ndarray], meta: dict) -> pathlib.Path:
@@ -420,18 +437,22 @@ class PQIndex:
             "codeword_dim": self.codebooks.shape[2],
         }
 
-    def save(self, path, *, pack_4bit: bool | None = None) -> pathlib.Path:
+    def save(
+        self, path, *, pack_4bit: bool | None = None, extra: dict | None = None
+    ) -> pathlib.Path:
         """Writes the index to `path` (an `.npz`; the name is used as given).
 
         Args:
           path: destination file.
           pack_4bit: store codes two per byte; default: when K <= 16.
+          extra: optional JSON-serializable dict stored as the metadata's `"extra"` entry
+            (e.g. the retriever's checkpoint step); read it back with `load_index_metadata`.
 
         Returns:
           The path written.
 
         Raises:
-          ValueError: `pack_4bit=True` with K > 16.
+          ValueError: `pack_4bit=True` with K > 16, or `extra` that is not a JSON dict.
         """
         pack_4bit = self.codebook_size <= 16 if pack_4bit is None else bool(pack_4bit)
         if pack_4bit and self.codebook_size > 16:
@@ -448,6 +469,7 @@ class PQIndex:
             **self.metadata(),
             "codes_storage": "4bit" if pack_4bit else "uint8",
             "arrays": _array_meta(arrays),
+            **_extra_meta(extra),
         }
         return _write_npz(path, arrays, meta)
 
@@ -612,8 +634,11 @@ class BinaryIndex:
             "packing": "uint32-little-endian",
         }
 
-    def save(self, path) -> pathlib.Path:
-        """Writes the index to `path` (an `.npz`); returns the path."""
+    def save(self, path, *, extra: dict | None = None) -> pathlib.Path:
+        """Writes the index to `path` (an `.npz`); returns the path.
+
+        `extra`: optional JSON-serializable dict, as for `PQIndex.save`.
+        """
         arrays = {"packed": self.packed, "ids": self.ids}
         meta = {
             "format": FORMAT,
@@ -621,6 +646,7 @@ class BinaryIndex:
             "library_version": dpq_jax.__version__,
             **self.metadata(),
             "arrays": _array_meta(arrays),
+            **_extra_meta(extra),
         }
         return _write_npz(path, arrays, meta)
 
@@ -648,6 +674,17 @@ def _build_binary(arrays: dict[str, np.ndarray], meta: dict) -> BinaryIndex:
 _BUILDERS = {"pq": _build_pq, "binary": _build_binary}
 
 
+def load_index_metadata(path) -> tuple[PQIndex | BinaryIndex, dict]:
+    """`load_index` plus the file's verified JSON metadata (with the `"extra"` entry, if any).
+
+    Raises:
+      FileNotFoundError, ValueError: as `load_index`.
+    """
+    path = pathlib.Path(path)
+    arrays, meta = _read_npz(path)
+    return _build(path, arrays, meta), meta
+
+
 def load_index(path) -> PQIndex | BinaryIndex:
     """Loads either kind of index after verifying the whole file.
 
@@ -667,8 +704,10 @@ def load_index(path) -> PQIndex | BinaryIndex:
       ValueError: naming the file and the problem: truncated, corrupt, foreign or
         newer-format file, checksum mismatch, unknown kind or inconsistent contents.
     """
-    path = pathlib.Path(path)
-    arrays, meta = _read_npz(path)
+    return load_index_metadata(path)[0]
+
+
+def _build(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict):
     kind = meta.get("kind")
     if kind not in _BUILDERS:
         raise ValueError(f"Cannot load index {str(path)!r}: unknown index kind {kind!r}.")

@@ -38,6 +38,36 @@ def lut_soft_quantized(probs: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     return out
 
 
+def soft_quantized_vectors(probs: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """`s[q] = concat_m sum_j probs[q, m, j] c_mj`; `[Q, M, K] -> [Q, M * d]`, float64."""
+    probs = np.asarray(probs, np.float64)
+    codebooks = np.asarray(codebooks, np.float64)
+    num_q, num_m, num_k = probs.shape
+    d = codebooks.shape[2]
+    out = np.zeros((num_q, num_m * d))
+    for q in range(num_q):
+        for m in range(num_m):
+            for j in range(num_k):
+                out[q, m * d : (m + 1) * d] += probs[q, m, j] * codebooks[m, j]
+    return out
+
+
+def faiss_binary_bytes(bits: np.ndarray) -> np.ndarray:
+    """FAISS binary layout: bit `j` (value > 0) sets bit `j % 8` of byte `j // 8`.
+
+    This is FAISS's `fvec2bitvec` order (least significant bit first within each byte);
+    the code is zero-padded to a whole number of bytes. Returns uint8 `[N, ceil(b / 8)]`.
+    """
+    bits = np.asarray(bits)
+    num_n, num_b = bits.shape
+    out = np.zeros((num_n, (num_b + 7) // 8), np.uint8)
+    for n in range(num_n):
+        for j in range(num_b):
+            if bits[n, j] > 0:
+                out[n, j // 8] |= np.uint8(1 << (j % 8))
+    return out
+
+
 def lut_l2(query: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     """`LUT[q, m, k] = ||x_qm - c_mk||^2` by direct differences; query `[Q, D]` or `[Q, M, d]`."""
     codebooks = np.asarray(codebooks, np.float64)
