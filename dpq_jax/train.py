@@ -51,7 +51,7 @@ def make_train_step(graphdef: Any, loss_fn, loss_cfg: ml_collections.ConfigDict,
 
     def train_step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
-        step = optimizer.step.value
+        step = optimizer.step[...]
 
         def compute_loss(model):
             return loss_fn(model, batch, loss_cfg)
@@ -61,13 +61,13 @@ def make_train_step(graphdef: Any, loss_fn, loss_cfg: ml_collections.ConfigDict,
         optimizer.update(model, grads)
         params_after = nnx.state(model, nnx.Param)
         updates = jax.tree.map(lambda a, b: a - b, params_after, params_before)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         metrics = {
             "train/loss": loss,
             **{f"train/{k}": v for k, v in aux.items()},
             "train/l2_grads": grad_norm,
-            "train/l2_params": optax.global_norm(params_after),
-            "train/l2_updates": optax.global_norm(updates),
+            "train/l2_params": optax.tree.norm(params_after),
+            "train/l2_updates": optax.tree.norm(updates),
             "train/lr": schedule(step),
             "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
         }

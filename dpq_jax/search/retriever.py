@@ -1,0 +1,487 @@
+"""Image retrieval with a trained model: encode images, index them, search with new images.
+
+`Retriever` wraps a training workdir's checkpoint (`dpq_jax.train.restore_model`) and a
+`PQIndex`:
+
+    r = Retriever.from_workdir("workdirs/orl_seen")        # best-on-validation checkpoint
+    r.add(database_images, ids)                             # uint8 [N, H, W, C]
+    ids, scores = r.search(query_images, k=10)              # [Q, 10] each, best first
+    r.save("orl.index.npz")
+    r = Retriever.load("orl.index.npz", "workdirs/orl_seen")
+
+Images go through the run's evaluation preprocessing (`config.input.pp_eval`, e.g. resize,
+center crop and normalization) one by one on the host, then through the model in batches of a
+fixed size (the last batch is padded), so each image shape compiles once. Database images are
+encoded with the method's `encode_fn` (codes), queries with its `query_fn` and turned into ADC
+lookup tables for the configured query side (`evaluators.retrieval.build_luts`): by default the
+one the run was evaluated with (OPQN: the soft-quantized query). Search is the exact chunked
+ADC top-k of `adc.py` (ties: lower insertion position first).
+
+The saved file is an ordinary `PQIndex` file whose metadata also records the checkpoint step,
+model signature, query side and preprocessing; `load` refuses a workdir or checkpoint that did
+not produce the codes.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dpq_jax import parallel
+from dpq_jax.data import pp as pp_lib
+from dpq_jax.evaluators.retrieval import QUERY_SIDES, build_luts
+from dpq_jax.search import adc
+from dpq_jax.search import index as index_lib
+
+RETRIEVER_FORMAT = "dpq_jax.retriever"
+RETRIEVER_FORMAT_VERSION = 1
+
+
+def default_query_side(config) -> str:
+    """The query side the run was evaluated with: the final evaluator's, else the first's.
+
+    Falls back to `"soft_quantized"` (OPQN's probability table) when the config has none.
+    """
+    evals = config.get("evals") or {}
+    sides = [(bool(cfg.get("final", False)), cfg.get("query_side")) for cfg in evals.values()]
+    for final, side in sorted(sides, key=lambda s: not s[0]):  # final evaluators first
+        if side:
+            return side
+    return "soft_quantized"
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+class Retriever:
+    """Encode, index and search images with a trained PQ model.
+
+    Build it with `Retriever.from_workdir` or `Retriever.load`; the constructor takes the
+    pieces `restore_model` returns.
+
+    Args:
+      config: the run's config (`restore_model`'s first output).
+      method: its `Method` (PQ methods only: `index_kind == "pq"`).
+      model: the NNX model in eval mode.
+      meta: the checkpoint's JSON metadata (`step`, `signature`).
+      query_side: `"soft_quantized"`, `"raw"` or `"l2"` (see `evaluators.retrieval.build_luts`);
+        default: the one the run was evaluated with (`default_query_side`).
+      batch_size: images per model call; default the run's eval batch size. With a mesh, a
+        multiple of its device count.
+      mesh: optional `"data"` mesh: batches are split over its devices and the database is
+        searched sharded (`adc.adc_topk_sharded`); default: one device.
+
+    Raises:
+      ValueError: a binary (hashing) method, unknown query side, bad batch size.
+    """
+
+    def __init__(
+        self,
+        config,
+        method,
+        model,
+        meta: dict,
+        *,
+        query_side: str | None = None,
+        batch_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        if method.index_kind != "pq":
+            raise ValueError(
+                f"Retriever supports PQ methods (index_kind 'pq'); {method.name!r} produces "
+                f"{method.index_kind!r} codes. Encode them with the method and use "
+                "dpq_jax.search.index.BinaryIndex instead."
+            )
+        query_side = default_query_side(config) if query_side is None else query_side
+        if query_side not in QUERY_SIDES:
+            raise ValueError(f"query_side must be one of {QUERY_SIDES}, got {query_side!r}.")
+        if batch_size is None:
+            batch_size = config.input.get("eval_batch_size", config.input.batch_size)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        if mesh is not None:
+            adc.check_mesh(mesh)
+            parallel.check_batch_size(batch_size, mesh)
+        self.config, self.method, self.meta = config, method, meta
+        self.query_side = query_side
+        self.batch_size = batch_size
+        self.mesh = mesh
+        self.pp_spec = str(config.input.pp_eval)
+        self._pp = pp_lib.build(self.pp_spec)
+        self.in_channels = int(meta["signature"]["in_channels"])
+        self.checkpoint_step = int(meta["step"])
+        self.codebooks = np.asarray(jax.device_get(method.codebooks_fn(model)), np.float32)
+        self.metric = "l2" if query_side == "l2" else "ip"
+        self.extra: dict | None = None  # the user's metadata of a loaded file
+
+        graphdef, state = nnx.split(model)
+        if mesh is not None:
+            state = jax.device_put(state, parallel.replicated(mesh))
+        self._state = state
+        self._traces = 0  # compilations of the model functions (tests check "jit once")
+
+        def run(fn, state, images):
+            self._traces += 1  # runs at trace time only
+            model = nnx.merge(graphdef, state)
+            model.eval()  # running BatchNorm statistics, no dropout
+            return fn(model, images)
+
+        self._encode_fn = jax.jit(functools.partial(run, method.encode_fn))
+        self._query_fn = jax.jit(functools.partial(run, method.query_fn))
+        self._checked_shapes: set[tuple[int, ...]] = set()
+        self._codes: list[np.ndarray] = []
+        self._ids: list[np.ndarray] = []
+        self._index: index_lib.PQIndex | None = None
+
+    # ----------------------------------------------------------------------------------------
+    # Construction and files.
+    # ----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_workdir(
+        cls,
+        workdir: str,
+        step: int | str = "best",
+        query_side: str | None = None,
+        *,
+        batch_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> "Retriever":
+        """An empty retriever over a training workdir's checkpoint.
+
+        Args:
+          workdir: a `train_and_evaluate` workdir.
+          step: `"best"` (best on validation, else latest), `"latest"` or a step number.
+          query_side: see the class docstring.
+          batch_size: see the class docstring.
+          mesh: see the class docstring.
+
+        Raises:
+          FileNotFoundError: not a training workdir.
+          dpq_jax.checkpointing.CheckpointError: no usable checkpoint.
+          ValueError: as the constructor.
+        """
+        from dpq_jax import train  # heavy (optax, orbax); only needed here
+
+        config, method, model, meta = train.restore_model(workdir, step)
+        return cls(
+            config, method, model, meta, query_side=query_side, batch_size=batch_size, mesh=mesh
+        )
+
+    def save(self, path, *, extra: dict | None = None):
+        """Writes the index and the retriever's provenance to `path` (a `PQIndex` `.npz`).
+
+        Args:
+          path: destination file.
+          extra: optional JSON dict of the caller's own metadata (e.g. item names), returned
+            as `Retriever.extra` by `load`.
+
+        Returns:
+          The path written.
+
+        Raises:
+          ValueError: `extra` is not a JSON dict.
+        """
+        info = {
+            "format": RETRIEVER_FORMAT,
+            "format_version": RETRIEVER_FORMAT_VERSION,
+            "method": self.method.name,
+            "query_side": self.query_side,
+            "checkpoint_step": self.checkpoint_step,
+            "signature": self.meta["signature"],
+            "pp_eval": self.pp_spec,
+            "user": extra,
+        }
+        return self.index.save(path, extra={"retriever": info})
+
+    @classmethod
+    def load(
+        cls,
+        path,
+        workdir: str,
+        *,
+        step: int | None = None,
+        batch_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> "Retriever":
+        """Reloads a retriever saved with `save`, over the workdir that produced it.
+
+        Args:
+          path: the index file.
+          workdir: the training workdir.
+          step: checkpoint step; default the one recorded in the file (which must match).
+          batch_size: see the class docstring.
+          mesh: see the class docstring.
+
+        Returns:
+          The retriever with the saved items, ids and query side; `extra` holds the caller's
+          saved metadata.
+
+        Raises:
+          FileNotFoundError: no index file or no workdir.
+          ValueError: a damaged file, a file not written by `Retriever.save`, or a workdir /
+            checkpoint whose model did not produce these codes.
+        """
+        index, meta = index_lib.load_index_metadata(path)
+        info = (meta.get("extra") or {}).get("retriever")
+        if not isinstance(index, index_lib.PQIndex) or not isinstance(info, dict):
+            raise ValueError(
+                f"{str(path)!r} was not written by Retriever.save (no retriever metadata); load "
+                "it with dpq_jax.search.index.load_index instead."
+            )
+        if info.get("format") != RETRIEVER_FORMAT or info.get("format_version", 0) > (
+            RETRIEVER_FORMAT_VERSION
+        ):
+            raise ValueError(
+                f"{str(path)!r}: unsupported retriever format {info.get('format')!r} version "
+                f"{info.get('format_version')!r}; upgrade dpq_jax."
+            )
+        saved_step = int(info["checkpoint_step"])
+        if step is not None and int(step) != saved_step:
+            raise ValueError(
+                f"{str(path)!r} holds codes of checkpoint step {saved_step}, not {step}; "
+                "re-index the images with that checkpoint or omit step."
+            )
+        r = cls.from_workdir(
+            workdir, saved_step, info["query_side"], batch_size=batch_size, mesh=mesh
+        )
+        if r.meta["signature"] != info["signature"]:
+            raise ValueError(
+                f"{str(path)!r} was built by another model ({info['signature']}), not the one in "
+                f"{workdir!r} ({r.meta['signature']}); pass the workdir that built it."
+            )
+        if index.codebooks.shape != r.codebooks.shape or not np.array_equal(
+            index.codebooks, r.codebooks
+        ):
+            raise ValueError(
+                f"The codebooks in {str(path)!r} differ from the model's in {workdir!r}; the "
+                "index was built by another model. Re-index the images."
+            )
+        if index.metric != r.metric:
+            raise ValueError(f"{str(path)!r} has metric {index.metric!r}, expected {r.metric!r}.")
+        r._codes, r._ids = [index.codes], [index.ids]
+        r._index = index
+        r.extra = info.get("user")
+        return r
+
+    # ----------------------------------------------------------------------------------------
+    # Encoding.
+    # ----------------------------------------------------------------------------------------
+
+    def preprocess(self, images, *, preprocessed: bool = False) -> np.ndarray:
+        """Model inputs `[N, h, w, C]` float32 from images (see `encode`)."""
+        items = self._as_images(images)
+        if preprocessed:
+            for img in items:
+                if not np.issubdtype(img.dtype, np.floating):
+                    raise ValueError(
+                        "preprocessed=True needs float model inputs; got dtype "
+                        f"{img.dtype}. Pass raw uint8 images with preprocessed=False."
+                    )
+            out = items
+        else:
+            # Seeded per position, as the evaluation pipeline does, in case pp_eval is random.
+            out = [self._pp(img, np.random.default_rng([0, i])) for i, img in enumerate(items)]
+        shapes = sorted({x.shape for x in out})
+        if len(shapes) != 1:
+            raise ValueError(
+                f"Images preprocess to different shapes {shapes[:4]} with pp_eval "
+                f"{self.pp_spec!r}; resize them to one size first."
+            )
+        return np.stack(out).astype(np.float32)
+
+    def _as_images(self, images) -> list[np.ndarray]:
+        if isinstance(images, (np.ndarray, jax.Array)):
+            arr = np.asarray(images)
+            if arr.ndim != 4:
+                hint = " (one image: add a batch axis, images[None])" if arr.ndim == 3 else ""
+                raise ValueError(
+                    f"images must be [N, H, W, C], got shape {arr.shape}{hint}. Grey images "
+                    "need a trailing channel axis (images[..., None])."
+                )
+            items = list(arr)
+        elif isinstance(images, Sequence) and not isinstance(images, (str, bytes)):
+            items = [np.asarray(img) for img in images]
+            for img in items:
+                if img.ndim != 3:
+                    raise ValueError(
+                        f"each image must be [H, W, C], got shape {img.shape}; grey images need "
+                        "a trailing channel axis (image[..., None])."
+                    )
+        else:
+            raise ValueError(
+                f"images must be an array [N, H, W, C] or a list of [H, W, C] arrays, got "
+                f"{type(images).__name__}."
+            )
+        if not items:
+            raise ValueError("No images given (N = 0).")
+        for img in items:
+            if img.shape[-1] != self.in_channels:
+                raise ValueError(
+                    f"The model was trained on {self.in_channels}-channel images, got an image "
+                    f"of shape {img.shape}; convert the images (e.g. PIL .convert('L' or 'RGB'))."
+                )
+            if not (img.dtype == np.uint8 or np.issubdtype(img.dtype, np.floating)):
+                raise ValueError(
+                    f"images must be uint8 (or float pixel values in [0, 255]), got {img.dtype}."
+                )
+        return items
+
+    def _run(self, fn, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """`fn(state, batch)` over fixed-size padded batches; host arrays, padding dropped."""
+        num, b = inputs.shape[0], self.batch_size
+        shape = (b, *inputs.shape[1:])
+        if shape not in self._checked_shapes:
+            spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+            try:
+                jax.eval_shape(fn, self._state, spec)
+            except Exception as e:  # any backbone shape error: name the shape and the fix
+                raise ValueError(
+                    f"The model cannot take inputs of shape {inputs.shape[1:]} (after pp_eval "
+                    f"{self.pp_spec!r}): {type(e).__name__}: {str(e)[:300]}. Pass images of the "
+                    "size the run was trained on."
+                ) from e
+            self._checked_shapes.add(shape)
+        padded = np.zeros((-(-num // b) * b, *inputs.shape[1:]), np.float32)
+        padded[:num] = inputs
+        outputs = []
+        for start in range(0, padded.shape[0], b):
+            batch = padded[start : start + b]
+            if self.mesh is not None:
+                batch = jax.device_put(batch, parallel.data_sharding(self.mesh))
+            outputs.append(fn(self._state, batch))
+        host = jax.device_get(outputs)  # one transfer: the loop above stays asynchronous
+        return {key: np.concatenate([o[key] for o in host])[:num] for key in host[0]}
+
+    def encode(self, images, *, preprocessed: bool = False) -> np.ndarray:
+        """Database codes of images.
+
+        Args:
+          images: uint8 `[N, H, W, C]` (or a list of `[H, W, C]` arrays, sizes may differ), or
+            float pixel values in `[0, 255]`; `config.input.pp_eval` is applied to each.
+          preprocessed: the images are already model inputs (float, after pp_eval).
+
+        Returns:
+          `[N, M]` uint8 codes.
+
+        Raises:
+          ValueError: no images, not `[N, H, W, C]`, wrong channel count or dtype, sizes the
+            preprocessing or the model cannot take.
+        """
+        inputs = self.preprocess(images, preprocessed=preprocessed)
+        return self._run(self._encode_fn, inputs)["codes"].astype(np.uint8)
+
+    def query_outputs(self, images, *, preprocessed: bool = False) -> dict[str, np.ndarray]:
+        """The method's query-side outputs (`feats [Q, D]`, `probs [Q, M, K]`) of images."""
+        return self._run(self._query_fn, self.preprocess(images, preprocessed=preprocessed))
+
+    def query_tables(self, images, *, preprocessed: bool = False) -> jax.Array:
+        """ADC lookup tables `[Q, M, K]` of query images for this retriever's query side."""
+        luts, _ = build_luts(
+            self.query_side, self.query_outputs(images, preprocessed=preprocessed), self.codebooks
+        )
+        return luts
+
+    def query_vectors(self, images, *, preprocessed: bool = False) -> np.ndarray:
+        """Query vectors `[Q, D]` for an engine that takes vectors (FAISS, `faiss_export`).
+
+        `"raw"`: the embedding; `"soft_quantized"` and `"l2"`: the soft-quantized vector
+        `s = [sum_k p_mk c_mk]_m` (`adc.soft_quantized_vectors`), whose inner-product / L2
+        tables are exactly this retriever's tables.
+        """
+        out = self.query_outputs(images, preprocessed=preprocessed)
+        if self.query_side == "raw":
+            return np.asarray(out["feats"], np.float32)
+        return np.asarray(adc.soft_quantized_vectors(out["probs"], self.codebooks))
+
+    # ----------------------------------------------------------------------------------------
+    # The database.
+    # ----------------------------------------------------------------------------------------
+
+    def add(self, images, ids=None, *, preprocessed: bool = False) -> np.ndarray:
+        """Encodes images and appends them to the database.
+
+        Args:
+          images: as `encode`.
+          ids: `[N]` integer item ids, unique over the whole database; default: the next
+            integers after the largest id so far (0, 1, ... for an empty database).
+          preprocessed: as `encode`.
+
+        Returns:
+          The `[N]` int64 ids added.
+
+        Raises:
+          ValueError: as `encode`, or ids of the wrong shape or type, or ids already present.
+        """
+        items = self._as_images(images)  # validate before encoding anything
+        num = len(items)
+        if ids is None:
+            start = int(max((i.max() for i in self._ids if i.size), default=-1)) + 1
+            ids = np.arange(start, start + num, dtype=np.int64)
+        else:
+            ids = np.asarray(ids)
+            if ids.shape != (num,) or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(
+                    f"ids must be {num} integers (one per image), got {ids.dtype}{list(ids.shape)}."
+                )
+            ids = ids.astype(np.int64)
+            seen = np.concatenate([*self._ids, ids])
+            if np.unique(seen).size != seen.size:
+                values, counts = np.unique(seen, return_counts=True)
+                raise ValueError(
+                    f"ids must be unique; repeated: {values[counts > 1][:10].tolist()}."
+                )
+        codes = self.encode(items, preprocessed=preprocessed)
+        self._codes.append(codes)
+        self._ids.append(ids)
+        self._index = None
+        return ids
+
+    @property
+    def index(self) -> index_lib.PQIndex:
+        """The database as a `PQIndex` (codebooks, codes, ids, metric)."""
+        if self._index is None:
+            m = self.codebooks.shape[0]
+            codes = np.concatenate(self._codes) if self._codes else np.zeros((0, m), np.uint8)
+            ids = np.concatenate(self._ids) if self._ids else np.zeros((0,), np.int64)
+            self._index = index_lib.PQIndex(
+                self.codebooks, codes, ids, method=self.method.name, metric=self.metric
+            )
+        return self._index
+
+    def __len__(self) -> int:
+        return sum(c.shape[0] for c in self._codes)
+
+    def search(
+        self, images, k: int, *, preprocessed: bool = False, **search_options: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best database items for each query image.
+
+        Args:
+          images: query images, as `encode`.
+          k: results per query, `1 <= k <= len(self)`.
+          preprocessed: as `encode`.
+          **search_options: passed to `PQIndex.search` (`kernel`, `chunk_size`, `ties`, ...).
+
+        Returns:
+          `(ids [Q, k] int64, scores [Q, k] float32)`, best first: inner products (descending)
+          for the `"soft_quantized"` and `"raw"` query sides, squared distances (ascending)
+          for `"l2"`.
+
+        Raises:
+          ValueError: empty database, `k` not in `[1, len(self)]`, bad images.
+        """
+        num = len(self)
+        if num == 0:
+            raise ValueError("The retriever's database is empty; add images with add() first.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num:
+            raise ValueError(f"k must be an int in [1, {num}] (the database size), got {k!r}.")
+        luts = self.query_tables(images, preprocessed=preprocessed)
+        scores, ids = self.index.search(luts, int(k), mesh=self.mesh, **search_options)
+        return ids, scores
