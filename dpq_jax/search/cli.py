@@ -1,0 +1,371 @@
+"""`dpq-search`: index images with a trained model and print or write the top-k for queries.
+
+    # Index a folder (one subfolder per class, or flat) or a dataset with a run's checkpoint:
+    dpq-search index --workdir=workdirs/orl_seen --database=photos/ --output=photos.npz
+    dpq-search index --workdir=workdirs/orl_seen --database=dataset:orl_faces:database \\
+        --output=orl_db.npz
+
+    # Search: query images (files, folders or a dataset split) against a saved index ...
+    dpq-search query --workdir=workdirs/orl_seen --index=photos.npz --queries a.png b.png --k=5
+    # ... or index and search in one go, writing JSON or CSV:
+    dpq-search query --workdir=workdirs/orl_seen --database=photos/ --queries=queries/ \\
+        --k=10 --format=csv --output=top10.csv
+
+Image sources (`--database`, `--queries`):
+- a path: an image file, or a folder searched recursively for images (`.png`, `.jpg`, `.pgm`,
+  ...); files in a subfolder of the folder get that subfolder's name as their label;
+- `dataset:NAME` (every item of a registered dataset, `dpq_jax.registry`) or
+  `dataset:NAME:SPLIT`, a split of the run's protocol (`train`, `query`, `database`,
+  `val_query`, `val_database`), read from `<workdir>/splits` as the run used it; ids are the
+  dataset indices;
+- `tfds:NAME:SPLIT`: a prepared TFDS dataset read without TensorFlow
+  (`tfds.data_source`, feature `--image_key`), from `--data_dir`.
+
+Each result row holds the query, rank, database id, score (inner product, or squared distance
+for the `l2` query side), and the database item's name and label. The index file is a
+`Retriever` file (`dpq_jax.search.retriever`); item names and labels are kept in its metadata.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
+FORMATS = ("text", "json", "csv")
+_LOAD_CHUNK = 1024  # images decoded and encoded per step, to bound host memory
+
+
+class Items:
+    """Images of a source with their display names, labels and ids.
+
+    Attributes:
+      names: `[N]` display names (relative path, or `dataset[index]`).
+      labels: `[N]` label strings (class folder or dataset label), "" when unknown.
+      ids: `[N]` int64 ids (dataset index for datasets, else position).
+      images: a callable `(start, stop) -> list of [H, W, C] uint8 arrays`.
+    """
+
+    def __init__(self, names, labels, ids, images):
+        self.names, self.labels, self.ids, self.images = list(names), list(labels), ids, images
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def chunks(self) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+        for start in range(0, len(self), _LOAD_CHUNK):
+            stop = min(start + _LOAD_CHUNK, len(self))
+            yield self.images(start, stop), self.ids[start:stop]
+
+
+def _read_image(path: pathlib.Path, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(img, np.uint8)
+    except OSError as e:
+        raise ValueError(f"Cannot read image {str(path)!r}: {e}") from e
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _path_items(spec: str, channels: int, relative: bool) -> Items:
+    root = pathlib.Path(spec)
+    if root.is_file():
+        files, base = [root], None
+    elif root.is_dir():
+        files = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        base = root
+        if not files:
+            raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {spec!r}.")
+    else:
+        raise ValueError(f"{spec!r} is not an image file, a folder, dataset:... or tfds:....")
+    if base is None:
+        names, labels = [str(root)], [""]
+    else:
+        rel = [p.relative_to(base) for p in files]
+        names = [(r if relative else root / r).as_posix() for r in rel]
+        labels = [r.parts[0] if len(r.parts) > 1 else "" for r in rel]
+    return Items(
+        names,
+        labels,
+        np.arange(len(files), dtype=np.int64),
+        lambda a, b: [_read_image(p, channels) for p in files[a:b]],
+    )
+
+
+def _dataset_items(spec: str, retriever, workdir: str, data_dir: str | None) -> Items:
+    from dpq_jax import registry
+    from dpq_jax.data import protocols
+
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[1]:
+        raise ValueError(f"Expected dataset:NAME or dataset:NAME:SPLIT, got {spec!r}.")
+    name = parts[1]
+    config = retriever.config
+    if data_dir is None:
+        data_dir = config.input.get("data_dir") or None
+    source = registry.get("dataset", name)(data_dir=data_dir)
+    if len(parts) == 3:
+        splits = protocols.get_splits(
+            config.protocol,
+            source.labels,
+            int(config.seed),
+            split_dir=os.path.join(workdir, "splits"),
+        )
+        arrays = splits.arrays()
+        if parts[2] not in arrays:
+            raise ValueError(
+                f"Unknown split {parts[2]!r} of protocol {config.protocol}; use one of "
+                f"{sorted(arrays)}."
+            )
+        indices = np.asarray(arrays[parts[2]], np.int64)
+    else:
+        indices = np.arange(len(source), dtype=np.int64)
+    labels = np.asarray(source.labels)
+    return Items(
+        [f"{name}[{i}]" for i in indices],
+        [_label_text(labels[i]) for i in indices],
+        indices,
+        lambda a, b: list(source.images[indices[a:b]]),
+    )
+
+
+def _label_text(label) -> str:
+    label = np.asarray(label)
+    if label.ndim == 0:
+        return str(label.item())
+    return ",".join(str(i) for i in np.flatnonzero(label))  # multi-hot: the positive classes
+
+
+def _tfds_items(spec: str, data_dir: str | None, image_key: str, channels: int) -> Items:
+    parts = spec.split(":")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ValueError(f"Expected tfds:NAME:SPLIT, got {spec!r}.")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ValueError("tfds: sources need tensorflow-datasets installed.") from e
+    import dpq_jax.data.orl  # noqa: F401  (registers the project's TFDS builders)
+
+    _, name, split = parts
+    data = tfds.data_source(name, split=split, data_dir=data_dir)
+    num = len(data)
+    if num == 0:
+        raise ValueError(f"{spec!r} is empty.")
+    first = data[0]
+    if image_key not in first:
+        raise ValueError(f"{spec!r} has no feature {image_key!r}; features: {sorted(first)}.")
+
+    def images(a, b):
+        out = []
+        for i in range(a, b):
+            img = np.asarray(data[i][image_key], np.uint8)
+            out.append(img[..., None] if img.ndim == 2 else img)
+        return out
+
+    labels = ["" if "label" not in first else _label_text(data[i]["label"]) for i in range(num)]
+    return Items([f"{name}:{split}[{i}]" for i in range(num)], labels, np.arange(num), images)
+
+
+def load_items(
+    spec: str,
+    retriever,
+    *,
+    workdir: str,
+    data_dir=None,
+    image_key: str = "image",
+    relative: bool = True,
+) -> Items:
+    """The images named by a source spec (see the module docstring).
+
+    Folder items are named by their path relative to the folder (`relative=True`, for a
+    database) or by their full path (queries).
+
+    Raises:
+      ValueError: an unknown or empty source, an unreadable image.
+    """
+    if spec.startswith("dataset:"):
+        return _dataset_items(spec, retriever, workdir, data_dir)
+    if spec.startswith("tfds:"):
+        return _tfds_items(spec, data_dir, image_key, retriever.in_channels)
+    return _path_items(spec, retriever.in_channels, relative)
+
+
+def build_index(retriever, items: Items) -> dict:
+    """Adds all items to the retriever; returns the item metadata kept in the index file."""
+    for images, ids in items.chunks():
+        retriever.add(images, ids)
+    return {"names": items.names, "labels": items.labels, "ids": items.ids.tolist()}
+
+
+def search_rows(retriever, queries: Sequence[Items], k: int, catalog: dict) -> list[dict]:
+    """Top-k result rows for every query image of every source."""
+    by_id = {}
+    if catalog:
+        by_id = {
+            int(i): (n, lab)
+            for i, n, lab in zip(catalog["ids"], catalog["names"], catalog["labels"], strict=True)
+        }
+    rows = []
+    for items in queries:
+        for start, (images, _) in zip(range(0, len(items), _LOAD_CHUNK), items.chunks()):
+            ids, scores = retriever.search(images, k)
+            for row, (qid, qscore) in enumerate(zip(ids, scores, strict=True)):
+                query = items.names[start + row]
+                for rank, (i, s) in enumerate(zip(qid, qscore, strict=True), start=1):
+                    name, label = by_id.get(int(i), ("", ""))
+                    rows.append(
+                        {
+                            "query": query,
+                            "rank": rank,
+                            "id": int(i),
+                            "score": float(s),
+                            "name": name,
+                            "label": label,
+                        }
+                    )
+    return rows
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    """Renders result rows as `text`, `json` (a list of queries) or `csv` (one row per hit)."""
+    if fmt == "json":
+        grouped: dict[str, list] = {}
+        for r in rows:
+            hit = {key: r[key] for key in ("rank", "id", "score", "name", "label")}
+            grouped.setdefault(r["query"], []).append(hit)
+        return json.dumps([{"query": q, "results": h} for q, h in grouped.items()], indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, ["query", "rank", "id", "score", "name", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    lines, last = [], None
+    for r in rows:
+        if r["query"] != last:
+            lines.append(f"query {r['query']}")
+            last = r["query"]
+        extra = f"  {r['name']}" + (f"  label={r['label']}" if r["label"] else "")
+        lines.append(f"  {r['rank']:>4}  id={r['id']:<8} score={r['score']:.6g}{extra}")
+    return "\n".join(lines) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpq-search", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--workdir", required=True, help="training workdir (checkpoint, config)")
+        p.add_argument("--step", default=None, help="checkpoint: best (default), latest or N")
+        p.add_argument(
+            "--query_side",
+            default=None,
+            choices=("soft_quantized", "raw", "l2"),
+            help="default: the side the run was evaluated with",
+        )
+        p.add_argument("--batch_size", type=int, default=None, help="images per model call")
+        p.add_argument("--data_dir", default=None, help="TFDS data_dir for dataset/tfds sources")
+        p.add_argument("--image_key", default="image", help="image feature of tfds sources")
+
+    p_index = sub.add_parser("index", help="encode a database and save the index")
+    common(p_index)
+    p_index.add_argument("--database", required=True, help="image source to index")
+    p_index.add_argument("--output", required=True, help="index file to write (.npz)")
+
+    p_query = sub.add_parser("query", help="top-k for query images")
+    common(p_query)
+    group = p_query.add_mutually_exclusive_group(required=True)
+    group.add_argument("--index", help="index file from `dpq-search index`")
+    group.add_argument("--database", help="image source to index on the fly")
+    p_query.add_argument("--queries", nargs="+", required=True, help="query image sources")
+    p_query.add_argument("--k", type=int, default=10, help="results per query")
+    p_query.add_argument("--format", choices=FORMATS, default="text")
+    p_query.add_argument("--output", default=None, help="file to write (default: stdout)")
+    return parser
+
+
+def _step(value):
+    if value is None or value in ("best", "latest"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--step must be best, latest or an integer, got {value!r}.") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command; returns the exit status (0 ok, 1 bad input). See the module docstring."""
+    args = _parser().parse_args(argv)
+    from dpq_jax.search.retriever import Retriever  # heavy; after --help and argument errors
+
+    try:
+        step = _step(args.step)
+        options = dict(batch_size=args.batch_size)
+        if args.command == "query" and args.index:
+            if args.query_side is not None:
+                raise ValueError("--query_side is fixed by the index file; drop it with --index.")
+            retriever = Retriever.load(args.index, args.workdir, step=step, **options)
+            catalog = (retriever.extra or {}).get("items", {})
+        else:
+            retriever = Retriever.from_workdir(
+                args.workdir, "best" if step is None else step, args.query_side, **options
+            )
+            database = load_items(
+                args.database,
+                retriever,
+                workdir=args.workdir,
+                data_dir=args.data_dir,
+                image_key=args.image_key,
+            )
+            catalog = build_index(retriever, database)
+        if args.command == "index":
+            path = retriever.save(args.output, extra={"items": catalog})
+            print(
+                f"Indexed {len(retriever)} images ({retriever.index.code_bits}-bit codes, "
+                f"query side {retriever.query_side}) into {path}.",
+                file=sys.stderr,
+            )
+            return 0
+        queries = [
+            load_items(
+                spec,
+                retriever,
+                workdir=args.workdir,
+                data_dir=args.data_dir,
+                image_key=args.image_key,
+                relative=False,
+            )
+            for spec in args.queries
+        ]
+        text = format_rows(search_rows(retriever, queries, args.k, catalog), args.format)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dpq-search: error: {e}", file=sys.stderr)
+        return 1
+    if args.output:
+        pathlib.Path(args.output).write_text(text, encoding="utf-8")
+        print(f"Wrote {args.output}.", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point (`dpq-search`)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
