@@ -25,7 +25,25 @@ _TABLE: dict[str, dict[str, str | Any]] = {
         "opqn": "dpq_jax.methods.opqn:METHOD",
     },
     "dataset": {
+        # Each loader takes (data_dir=None, source_dir=None) and returns an ArraySource-compatible
+        # ReleaseSource (see dpq_jax/data/builder_lib.py).
         "orl_faces": "dpq_jax.data.orl:load_orl_faces",
+        "fashion_mnist": "dpq_jax.data.fashion_mnist:load_fashion_mnist",
+        "cifar10": "dpq_jax.data.cifar10:load_cifar10",
+        "facescrub": "dpq_jax.data.ddh_faces:load_facescrub",
+        "youtube_faces": "dpq_jax.data.ddh_faces:load_youtube_faces",
+        "cfw60k": "dpq_jax.data.image_folder:load_cfw60k",
+        "vggface2": "dpq_jax.data.image_folder:load_vggface2",
+        "vggface2_to_facescrub": "dpq_jax.data.image_folder:load_vggface2_to_facescrub",
+        "vggface2_to_cfw60k": "dpq_jax.data.image_folder:load_vggface2_to_cfw60k",
+        "vggface2_to_youtube_faces": "dpq_jax.data.image_folder:load_vggface2_to_youtube_faces",
+        "nuswide": "dpq_jax.data.nuswide:load_nuswide",
+        "imagenet100": "dpq_jax.data.imagenet100:load_imagenet100",
+        "inshop": "dpq_jax.data.inshop:load_inshop",
+        "image_folder": "dpq_jax.data.image_folder:load_image_folder",
+        "image_csv": "dpq_jax.data.image_csv:load_image_csv",
+        "tfds_cifar10": "dpq_jax.data.tfds_source:load_tfds_cifar10",
+        "tfds_fashion_mnist": "dpq_jax.data.tfds_source:load_tfds_fashion_mnist",
     },
     "evaluator": {
         "retrieval": "dpq_jax.evaluators.retrieval:RetrievalEvaluator",

@@ -59,6 +59,25 @@ def test_lut_soft_quantized_matches_reference_and_is_probs_for_orthonormal_codeb
     np.testing.assert_allclose(adc.lut_soft_quantized(probs, ortho), probs, atol=1e-6)
 
 
+def test_soft_quantized_vectors_match_reference_and_give_the_soft_table():
+    rng = _rng(12)
+    m, k, d = 3, 4, 2
+    probs = np.asarray(jax.nn.softmax(rng.standard_normal((5, m, k)), axis=-1), np.float32)
+    codebooks = rng.standard_normal((m, k, d)).astype(np.float32)
+    soft = adc.soft_quantized_vectors(probs, codebooks)
+    assert soft.shape == (5, m * d)
+    np.testing.assert_allclose(soft, ref.soft_quantized_vectors(probs, codebooks), atol=1e-6)
+    # The inner-product table of s is the soft-quantized table (what FAISS computes from s).
+    np.testing.assert_allclose(
+        adc.lut_inner_product(soft, codebooks),
+        ref.lut_soft_quantized(probs, codebooks),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="must agree"):
+        adc.soft_quantized_vectors(probs[:, :2], codebooks)
+
+
 def test_lut_l2_matches_reference_for_raw_and_split_queries():
     rng = _rng(3)
     query = rng.standard_normal((3, 6)).astype(np.float32)
@@ -185,11 +204,44 @@ def test_random_ties_follow_seeded_permutation():
     assert not np.array_equal(shuffled, stable)  # with this many ties the order must change
 
 
+@pytest.mark.parametrize("block_size", [1, 3, 7, 64])
+def test_block_selection_is_exact_with_heavy_ties(block_size):
+    # Few distinct scores, so many blocks share their maximum and the k-th score: the selected
+    # blocks must still hold the lowest-index items among ties.
+    rng = _rng(20 + block_size)
+    lut = _dyadic_lut(rng, 5, 2, 3)
+    codes = _codes(rng, 101, 2, 3)  # 101 rows: chunk and block padding both masked
+    for k in (1, 12, 40):
+        keys, ids = jax.jit(
+            lambda lut, codes, k=k: adc.chunked_topk(
+                adc.scores_gather,
+                lut,
+                codes,
+                k,
+                key_dtype=jnp.float32,
+                chunk_size=21,
+                query_chunk=2,
+                block_size=block_size,
+            )
+        )(lut, codes)
+        ref_scores, ref_ids = ref.adc_topk(lut, codes, k)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(keys, ref_scores)
+
+
+def test_selection_block_balances_maxima_and_candidates():
+    assert adc.selection_block(1_000_000, 100, 16384) == 128  # sqrt(10^4) = 100 -> 128
+    assert adc.selection_block(40, 5, 40) == 4
+    assert adc.selection_block(10, 10, 10) == 1
+    assert adc.selection_block(10**8, 1, 4096) == 4096  # never more than a chunk
+
+
 def test_one_compiled_kernel_serves_all_chunks():
     rng = _rng(9)
     lut = _dyadic_lut(rng, 2, 2, 4)
     codes = _codes(rng, 500, 2, 4)  # 8 chunks of 64, the last one padded
-    kernel = chex.assert_max_traces(adc.scores_gather, n=1)
+    # Two traces in all: the chunk scan, and the re-scoring of the selected blocks.
+    kernel = chex.assert_max_traces(adc.scores_gather, n=2)
     first = adc.adc_topk(lut, codes, 9, chunk_size=64, kernel=kernel)
     second = adc.adc_topk(lut + 1.0, codes, 9, chunk_size=64, kernel=kernel)  # no retrace
     np.testing.assert_array_equal(first[1], ref.adc_topk(lut, codes, 9)[1])

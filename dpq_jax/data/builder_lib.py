@@ -12,8 +12,8 @@ that only knows how to check and read its on-disk layout (`check_layout`, `sourc
   `try_download_gcs` is forced off and no URL is declared.
 * **What is written.** One TFDS split per release partition (`train`, `test`, `query`, ...), in
   array_record files, examples in release order (`disable_shuffling`). Features:
-  `image` (`tfds.features.Image`, fed PNG or JPEG bytes encoded here with PIL, so no TensorFlow
-  is needed), `label` (int64 `[n_labels]`: the example's class ids; exactly one for
+  `image` (a uint8 `tfds.features.Tensor` for small fixed-size releases, else a
+  `tfds.features.Image` fed PNG or JPEG bytes encoded here with PIL, so no TensorFlow is needed), `label` (int64 `[n_labels]`: the example's class ids; exactly one for
   single-label releases) and `index` (int64, position in its split). The builder metadata
   records a fingerprint of the source files, the class names, the partitions and every label
   (so a loader gets the labels without reading the records).
@@ -172,9 +172,7 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
 
 def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
     """Image files directly inside `folder` (by suffix, case-insensitive), sorted by name."""
-    return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class _NumpyUnpickler(pickle.Unpickler):
@@ -275,7 +273,8 @@ class ReleaseConfig(tfds.core.BuilderConfig):
       image_size: `(H, W)` every image is resized to at build time; None keeps the release's
         size (then all images must have one size).
       channels: 3 (RGB) or 1 (grey).
-      encoding: "png" (lossless) or "jpeg" (quality 95, for large photo releases).
+      encoding: "raw" (uint8 tensors, fixed size: fastest to build and read, for small
+        releases), "png" (lossless, compressed) or "jpeg" (quality 95, for large photo releases).
     """
 
     image_size: tuple[int, int] | None = None
@@ -302,8 +301,10 @@ def release_config(
             raise ValueError(f"image_size must be (H, W) with positive sizes; got {image_size}.")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB); got {channels}.")
-    if encoding not in ("png", "jpeg"):
-        raise ValueError(f"encoding must be 'png' or 'jpeg'; got {encoding!r}.")
+    if encoding not in ("png", "jpeg", "raw"):
+        raise ValueError(f"encoding must be 'png', 'jpeg' or 'raw'; got {encoding!r}.")
+    if encoding == "raw" and image_size is None:
+        raise ValueError("encoding='raw' stores fixed-size uint8 tensors; give image_size.")
     size = "orig" if image_size is None else f"{image_size[0]}x{image_size[1]}"
     name = f"{prefix}{size}_{'rgb' if channels == 3 else 'grey'}_{encoding}"
     return ReleaseConfig(
@@ -353,9 +354,20 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.kept: dict[str, np.ndarray] | None = None
         self.just_built = False
         kwargs.setdefault("file_format", "array_record")
+        config = kwargs.get("config")
+        if isinstance(config, tfds.core.BuilderConfig):
+            # TFDS refuses a new config object named like a registered one; config names encode
+            # every parameter, so the registered object is the same configuration.
+            for registered in self.BUILDER_CONFIGS:
+                if registered.name == config.name:
+                    kwargs["config"] = registered
         super().__init__(**kwargs)
 
     # -- hooks for subclasses ------------------------------------------------------------------
+    def manual_subdir(self) -> str:
+        """Sub-folder of a manual dir that holds the release (default `MANUAL_SUBDIR`)."""
+        return self.MANUAL_SUBDIR
+
     def check_layout(self, root: pathlib.Path) -> None:
         """Raises ValueError naming the first missing or malformed file under `root`."""
         raise NotImplementedError
@@ -379,6 +391,12 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.image_size or (None, None)
+        if self.builder_config.encoding == "raw":
+            image = tfds.features.Tensor(shape=(*size, self.channels), dtype=np.uint8)
+        else:
+            image = tfds.features.Image(
+                shape=(*size, self.channels), encoding_format=self.builder_config.encoding
+            )
         # DatasetInfo directly (not dataset_info_from_configs, which reads files beside the
         # module).
         return tfds.core.DatasetInfo(
@@ -386,9 +404,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             description=self.DESCRIPTION or self.RELEASE,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(
-                        shape=(*size, self.channels), encoding_format=self.builder_config.encoding
-                    ),
+                    "image": image,
                     "label": tfds.features.Tensor(shape=(None,), dtype=np.int64),
                     "index": tfds.features.Tensor(shape=(), dtype=np.int64),
                 }
@@ -419,7 +435,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Folders searched for the release, in order (see module doc)."""
         if self._source_dir is not None:
             return [self._source_dir]
-        sub = [self.MANUAL_SUBDIR] if self.MANUAL_SUBDIR else []
+        sub = [self.manual_subdir()] if self.manual_subdir() else []
         if self._manual_dir is not None:
             return [self._manual_dir / s for s in sub] + [self._manual_dir]
         manual = self.data_dir_root / "downloads" / "manual"
@@ -515,13 +531,17 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for i in range(part.size):
             image = part.image(i)
             self._check_image(image, name, i)
-            data = encode_image(image, self.builder_config.encoding)
+            encoding = self.builder_config.encoding
+            data = image if encoding == "raw" else encode_image(image, encoding)
             self._keep(name, part.size, i, image, data)
-            yield i, {
-                "image": data,
-                "label": part.label_ids[starts[i] : starts[i + 1]],
-                "index": i,
-            }
+            yield (
+                i,
+                {
+                    "image": data,
+                    "label": part.label_ids[starts[i] : starts[i + 1]],
+                    "index": i,
+                },
+            )
 
     def _check_image(self, image: np.ndarray, name: str, i: int) -> None:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != self.channels:
@@ -548,9 +568,8 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 return
             self.kept[name] = np.empty((n, *image.shape), np.uint8)
         # What a reader will decode (JPEG is lossy), so a fresh and a cached load agree.
-        self.kept[name][i] = image if self.builder_config.encoding == "png" else (
-            decode_image(data, self.channels)
-        )
+        lossy = self.builder_config.encoding == "jpeg"
+        self.kept[name][i] = decode_image(data, self.channels) if lossy else image
 
 
 def _check_release(release: ReleaseData, what: str, root: pathlib.Path) -> None:
@@ -593,16 +612,17 @@ class SplitReader:
         self.image_shape = tuple(image_shape)
         self.label_ids = label_ids
         self.starts = np.concatenate([[0], np.cumsum(label_counts)])
+        self._raw = builder.builder_config.encoding == "raw"
         self._local = threading.local()
         self._lock = threading.Lock()
 
     def _source(self):
         source = getattr(self._local, "source", None)
         if source is None:
+            # Encoded images are decoded here (PIL, checked); raw tensors need no decoding.
+            decoders = None if self._raw else {"image": tfds.decode.SkipDecoding()}
             with self._lock:
-                source = self.builder.as_data_source(
-                    split=self.split, decoders={"image": tfds.decode.SkipDecoding()}
-                )
+                source = self.builder.as_data_source(split=self.split, decoders=decoders)
             self._local.source = source
         return source
 
@@ -616,7 +636,10 @@ class SplitReader:
                 f"{np.asarray(example['label']).tolist()}, expected {record} / {want.tolist()}; "
                 "the folder is corrupt. Delete it to rebuild."
             )
-        image = decode_image(example["image"], self.image_shape[-1])
+        if self._raw:
+            image = np.asarray(example["image"], np.uint8)
+        else:
+            image = decode_image(example["image"], self.image_shape[-1])
         if image.shape != self.image_shape:
             raise ValueError(
                 f"{self.builder.RELEASE}: record {record} of split {self.split!r} decodes to "
@@ -755,7 +778,9 @@ def _check_same_source(builder: ReleaseBuilder) -> None:
     stored = builder.info.metadata.get("source_sha256") if builder.info.metadata else None
     source = builder.find_source_dir()
     if source is None:
-        logging.info("%s: no source folder to verify %s against.", builder.RELEASE, builder.data_dir)
+        logging.info(
+            "%s: no source folder to verify %s against.", builder.RELEASE, builder.data_dir
+        )
         return
     current = builder.source_fingerprint(source)
     if stored != current:

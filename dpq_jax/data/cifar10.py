@@ -124,7 +124,7 @@ class DpqCifar10(builder_lib.ReleaseBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
     HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
     DESCRIPTION = "CIFAR-10, read from the python-version pickles."
-    BUILDER_CONFIGS = [builder_lib.release_config((32, 32), 3, "png")]
+    BUILDER_CONFIGS = [builder_lib.release_config((32, 32), 3, "raw")]
 
     def check_layout(self, root):
         for name in (*TRAIN_FILES, *TEST_FILES):

@@ -59,7 +59,9 @@ def partition_files(root: pathlib.Path, part: str) -> list[pathlib.Path]:
     for name in (f"{part}_set", part):
         folder = root / name
         if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+            files = sorted(
+                p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+            )
             if not files:
                 raise ValueError(f"DDH faces: folder {folder} holds no pickle files.")
             return files
@@ -127,7 +129,7 @@ def _to_uint8(x: np.ndarray, path, what) -> np.ndarray:
 
 class _DdhFacesBuilder(builder_lib.ReleaseBuilder, skip_registration=True):
     NUM_IDENTITIES = 0
-    BUILDER_CONFIGS = [builder_lib.release_config((32, 32), 3, "png")]
+    BUILDER_CONFIGS = [builder_lib.release_config((32, 32), 3, "raw")]
 
     def check_layout(self, root):
         for part in ("train", "test"):

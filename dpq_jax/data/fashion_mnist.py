@@ -124,7 +124,9 @@ def read_fashion_mnist(root: str | pathlib.Path) -> dict[str, tuple[np.ndarray, 
         images = read_idx(image_path, 3)
         labels = read_idx(label_path, 1).astype(np.int64)
         if images.shape[1:] != (28, 28):
-            raise ValueError(f"Fashion-MNIST: {image_path} holds {images.shape[1:]} images, expected 28x28.")
+            raise ValueError(
+                f"Fashion-MNIST: {image_path} holds {images.shape[1:]} images, expected 28x28."
+            )
         if images.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"Fashion-MNIST: {image_path} has {images.shape[0]} images but {label_path} has "
@@ -152,7 +154,7 @@ class DpqFashionMnist(builder_lib.ReleaseBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
     HOMEPAGE = "https://github.com/zalandoresearch/fashion-mnist"
     DESCRIPTION = "Fashion-MNIST, read from the original IDX files."
-    BUILDER_CONFIGS = [builder_lib.release_config((28, 28), 1, "png")]
+    BUILDER_CONFIGS = [builder_lib.release_config((28, 28), 1, "raw")]
 
     def check_layout(self, root):
         for image_stem, label_stem in FILES.values():

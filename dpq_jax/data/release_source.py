@@ -6,7 +6,7 @@ partitions (its files or folders: `train`, `test`, `query`, ...) concatenated in
 Two things are added:
 
 * `labels` is a `PartitionedLabels` array: a plain int32 array that also remembers which release
-  partition each example came from (`labels.partition`, `labels.partition_names`). The trainer
+  partition each example came from (`labels.partition_codes`, `labels.partition_names`). The trainer
   hands `source.labels` to `protocols.get_splits`, so protocols that follow a release split
   (`fmnist`, `cifar10_dsh`, `faces_seen`, `imagenet100`, `inshop`, ...) find it there. Any view,
   slice or copy of the array is a plain array again (the partition is dropped), so the
@@ -19,7 +19,7 @@ Two things are added:
 
 Example:
   >>> labels = PartitionedLabels([3, 1, 2], partition=[0, 0, 1], partition_names=("train", "test"))
-  >>> labels.partition.tolist(), labels.partition_names, labels[:2].partition is None
+  >>> labels.partition_codes.tolist(), labels.partition_names, labels[:2].partition_codes is None
   ([0, 0, 1], ('train', 'test'), True)
   >>> partition_indices(labels)["test"].tolist()
   [2]
@@ -42,8 +42,8 @@ class PartitionedLabels(np.ndarray):
     """int32 labels (`[N]` class ids or `[N, C]` multi-hot) that know each example's partition.
 
     Attributes:
-      partition: int8 `[N]` partition code of each example (an index into `partition_names`),
-        or None on any derived array (views, slices, results of NumPy operations).
+      partition_codes: int8 `[N]` partition code of each example (an index into
+        `partition_names`), or None on any derived array (views, slices, results of NumPy operations).
       partition_names: names of the release partitions, e.g. `("train", "test")`.
 
     Raises:
@@ -51,7 +51,7 @@ class PartitionedLabels(np.ndarray):
         code outside `[0, len(partition_names))`.
     """
 
-    partition: np.ndarray | None
+    partition_codes: np.ndarray | None
     partition_names: tuple[str, ...]
 
     def __new__(cls, labels, partition, partition_names: Sequence[str]):
@@ -69,18 +69,18 @@ class PartitionedLabels(np.ndarray):
                 f"range [{partition.min()}, {partition.max()}]."
             )
         partition.flags.writeable = False
-        obj.partition = partition
+        obj.partition_codes = partition
         obj.partition_names = names
         return obj
 
     def __array_finalize__(self, obj):
         # Views and results lose the partition: only the constructed array is trusted.
-        self.partition = None
+        self.partition_codes = None
         self.partition_names = ()
 
     def __reduce__(self):
         # Pickle as a plain array plus the partition (so copies made by pickling keep it).
-        return (_rebuild_labels, (np.asarray(self), self.partition, self.partition_names))
+        return (_rebuild_labels, (np.asarray(self), self.partition_codes, self.partition_names))
 
 
 def _rebuild_labels(labels, partition, names):
@@ -98,7 +98,7 @@ def partition_indices(labels) -> dict[str, np.ndarray] | None:
     Returns:
       One entry per partition name (in order), or None when the labels carry no partition.
     """
-    partition = getattr(labels, "partition", None)
+    partition = getattr(labels, "partition_codes", None)
     if partition is None:
         return None
     return {
@@ -244,7 +244,7 @@ class ReleaseSource(ArraySource):
     @property
     def partition(self) -> np.ndarray | None:
         """int8 `[N]` partition code per example (None after relabelling or subsetting)."""
-        return getattr(self.labels, "partition", None)
+        return getattr(self.labels, "partition_codes", None)
 
     @property
     def partition_names(self) -> tuple[str, ...]:
@@ -295,31 +295,32 @@ def check_labels(labels, n: int, num_classes: int, name: str) -> None:
 
 def concat_sources(
     sources: Sequence[ReleaseSource],
-    partition_names: Sequence[str],
+    prefixes: Sequence[str],
     name: str,
 ) -> ReleaseSource:
-    """Concatenates sources into one, each source becoming one partition.
+    """Concatenates sources into one; partition `p` of source `j` becomes `prefixes[j]_p`.
 
-    Class ids of source `j` are offset by the classes of the sources before it, so classes
-    never collide (the unseen-identity protocol relies on this). Images stay lazy if any
-    source is lazy (in-memory parts are then wrapped in an array reader).
+    A source without partitions becomes the single partition `prefixes[j]`. Class ids of
+    source `j` are offset by the classes of the sources before it, so the class spaces of
+    different sources never collide (the unseen-identity protocol relies on this), while
+    the partitions of one source keep sharing theirs. Images stay lazy if any source is lazy.
 
     Args:
       sources: single-label sources with equal image shapes.
-      partition_names: one name per source.
+      prefixes: one name per source.
       name: name of the result.
 
     Returns:
-      The concatenation, labels carrying the new partition.
+      The concatenation, labels carrying the new partitions.
 
     Raises:
-      ValueError: no sources, a name count that differs, multi-label sources or different
+      ValueError: no sources, a prefix count that differs, multi-label sources or different
         image shapes.
     """
-    if not sources or len(sources) != len(partition_names):
+    if not sources or len(sources) != len(prefixes):
         raise ValueError(
-            f"concat_sources needs one partition name per source; got {len(sources)} sources "
-            f"and names {tuple(partition_names)}."
+            f"concat_sources needs one prefix per source; got {len(sources)} sources and "
+            f"prefixes {tuple(prefixes)}."
         )
     shapes = {tuple(s.image_shape) for s in sources}
     if len(shapes) != 1:
@@ -331,19 +332,27 @@ def concat_sources(
         raise ValueError(f"{name}: concat_sources supports single-label sources only.")
     offsets = np.cumsum([0] + [s.num_classes for s in sources])
     labels = np.concatenate([np.asarray(s.labels) + o for s, o in zip(sources, offsets)])
-    partition = np.concatenate([np.full(len(s), j, np.int8) for j, s in enumerate(sources)])
+    names, codes = [], []
+    for s, prefix in zip(sources, prefixes):
+        own = getattr(s.labels, "partition_codes", None)
+        if own is None:
+            codes.append(np.full(len(s), len(names), np.int8))
+            names.append(prefix)
+        else:
+            codes.append(own.astype(np.int8) + len(names))
+            names += [f"{prefix}_{p}" for p in s.labels.partition_names]
     class_names = tuple(
         f"{p}/{c}"
-        for s, p in zip(sources, partition_names)
+        for s, p in zip(sources, prefixes)
         for c in (s.class_names or [str(k) for k in range(s.num_classes)])
     )
-    if any(s.lazy for s in sources):
+    if any(isinstance(s.images, LazyImages) for s in sources):
         readers, rows = [], []
         for s in sources:
-            images = s.images if s.lazy else LazyImages(
-                [_ArrayReader(s.images)], np.stack([np.zeros(len(s)), np.arange(len(s))], 1),
-                s.image_shape,
-            )
+            images = s.images
+            if not isinstance(images, LazyImages):
+                rows_s = np.stack([np.zeros(len(s), np.int64), np.arange(len(s))], axis=1)
+                images = LazyImages([_ArrayReader(s.images)], rows_s, s.image_shape)
             rows.append(images.rows + np.array([len(readers), 0]))
             readers += images.readers
         images = LazyImages(readers, np.concatenate(rows), shapes.pop())
@@ -351,10 +360,37 @@ def concat_sources(
         images = np.concatenate([s.images for s in sources])
     return ReleaseSource(
         images=images,
-        labels=PartitionedLabels(labels, partition, partition_names),
+        labels=PartitionedLabels(labels, np.concatenate(codes), names),
         num_classes=int(offsets[-1]),
         name=name,
         class_names=class_names,
+    )
+
+
+def select_partitions(source: ReleaseSource, keep: Sequence[str]) -> ReleaseSource:
+    """The examples of the named partitions only, in source order (lazy images stay lazy).
+
+    Raises:
+      ValueError: the source has no partitions, or lacks one of `keep`.
+    """
+    parts = partition_indices(source.labels)
+    missing = [k for k in keep if parts is None or k not in parts]
+    if missing:
+        raise ValueError(
+            f"{source.name}: no partition(s) {missing}; it has {source.partition_names}."
+        )
+    index = np.sort(np.concatenate([parts[k] for k in keep]))
+    names = [n for n in source.partition_names if n in keep]
+    code_of = {n: i for i, n in enumerate(names)}
+    old = np.asarray([code_of.get(n, -1) for n in source.partition_names], np.int8)
+    return ReleaseSource(
+        images=source.images[index],
+        labels=PartitionedLabels(
+            np.asarray(source.labels)[index], old[source.labels.partition_codes[index]], names
+        ),
+        num_classes=source.num_classes,
+        name=source.name,
+        class_names=source.class_names,
     )
 
 

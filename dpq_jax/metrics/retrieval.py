@@ -82,14 +82,15 @@ SOURCE_KINDS = ("dense_ip", "dense_neg_l2", "adc", "hamming", "scores")
 # count in the high bits of one int32, so a Hamming database chunk must stay below 2**15 items.
 MAX_HAMMING_DB_CHUNK = 32767
 _DEFAULT_DB_CHUNK = 16384
-# Elements of one query-chunk x database working set: sort path rows (about 40 bytes each
-# across the sort and prefix sums) and histogram path (query, item) pairs per scan step.
-_ROW_BUDGET = {"cpu": 1 << 21, "default": 1 << 25}
+# Elements of one query-chunk working set: rank path (key row, search state and gathers, about
+# 32 bytes per item, plus per-relevant-slot arrays) and histogram path (query, item) pairs per
+# scan step.
+_ROW_BUDGET = {"cpu": 1 << 20, "default": 1 << 25}
 _PAIR_BUDGET = {"cpu": 1 << 22, "default": 1 << 23}
-# Hamming sort keys pack the distance above a 24-bit database index (N_pad <= 2**24); the
-# padding key int32 max decodes to distance 127, so real distances must stay below it.
-_INDEX_BITS = 24
-_MAX_PACKED_BITS = 126
+# Search cells per relevant slot in the rank path: more cells mean shorter binary searches.
+_CELLS_PER_RELEVANT = 2
+# Binary-search steps done without a loop (cells of up to 2**4 - 1 relevant items need no loop).
+_SEARCH_STEPS = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,8 +394,8 @@ def distance_histograms(
 ) -> tuple[Int[Array, "q v"], Int[Array, "q v"]]:
     """Per-query counts of all and of relevant items at each distance 0..b.
 
-    Both counts share one int32 per (query, distance): total in the low 16 bits, relevant in
-    the high bits, so one compare-and-add per distance value serves both (n <= 32767).
+    One scatter-add per (query, item) serves both counts: the increment holds 1 in the low 16
+    bits and the relevance in the high bits (so n <= 32767).
 
     Args:
       dist: [q, n] int32 distances in 0..b.
@@ -406,84 +407,294 @@ def distance_histograms(
       (total, relevant): two [q, b+1] int32 count arrays.
     """
     inc = jnp.where(valid[None, :], 1 + (rel.astype(jnp.int32) << 16), 0)  # [q, n]
-    levels = jnp.arange(num_bits + 1, dtype=jnp.int32)
-    packed = jnp.sum(
-        jnp.where(dist[:, :, None] == levels, inc[:, :, None], 0), axis=1, dtype=jnp.int32
-    )  # [q, b+1]
+    packed = _row_bincount(dist, num_bits + 1, inc)  # [q, b+1]
     return packed & 0xFFFF, packed >> 16
 
 
-def ranked_stats(
-    keys: Shaped[Array, "q n"],
-    rel: Int[Array, "q n"],
-    *,
-    num_items: int,
-    cuts: tuple[int, ...],
-    expected: bool,
-) -> dict[str, Array]:
-    """Prefix statistics of ranked rows, from which every rank metric follows.
+def order_keys(values: Float[Array, "*s"]) -> Int[Array, "*s"]:
+    """Order-preserving int32 keys of float32 values.
 
-    Position k (1-based) holds the k-th ranked item; `keys` are ascending sort keys (negated
-    scores; padding has key +inf and sorts last) and `rel` its relevance.
+    For all non-NaN float32 a, b: a < b iff key(a) < key(b) and a == b iff key(a) == key(b)
+    (-0.0 and +0.0 both map to 0). +inf maps below int32 max, which stays free for padding.
+    Integer keys let XLA sort with its built-in comparator and compare with integer ops.
 
     Args:
-      keys: [q, n_pad] ascending sort keys (any dtype; only equality of neighbours is used
-        beyond the order), n_pad >= num_items.
-      rel: [q, n_pad] 0/1 relevance in ranked order (0 on padding).
-      num_items: N, the number of real items.
-      cuts: cut-off ranks K, each in [1, N].
-      expected: also compute tie-group statistics for tie-aware (expected) metrics.
+      values: float array (cast to float32).
 
     Returns:
-      Dict of per-query arrays. Always `R` [q] (relevant items) and `ap_sum` [q]: the sum over
-      relevant items of precision at their rank (ranked order), or with `expected` the sum over
-      positions of E[rel_k * precision@k] over tie orders. Without `expected`: `hits` [q, c]
-      (#relevant in the top K) and `S` [q, c] (sum of precision at hits within the top K).
-      With `expected`, for the tie group containing rank K: `A` (#items ranked above it), `t`
-      (its size), `a` (#relevant above), `trel` (#relevant in it), each [q, c] int32, and
-      `S_above` [q, c] (expected precision sum over ranks <= A).
+      int32 keys of the same shape.
+
+    Examples:
+      >>> order_keys(jnp.array([-2.0, -0.0, 0.0, 1.5])).tolist()
+      [-1073741825, 0, 0, 1069547520]
+    """
+    v = jnp.asarray(values).astype(jnp.float32)
+    v = jnp.where(v == 0, jnp.float32(0), v)
+    bits = lax.bitcast_convert_type(v, jnp.int32)
+    # Negative floats: larger magnitude bits mean smaller values, so flip the magnitude bits.
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _key_values(keys):
+    """Inverse of `order_keys` (int32 max decodes to NaN)."""
+    bits = jnp.where(keys < 0, keys ^ 0x7FFFFFFF, keys)
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _row_bincount(idx, num_bins: int, weights=None):
+    """Per-row histogram [q, num_bins] of int indices [q, m] (indices outside are dropped)."""
+    qn = idx.shape[0]
+    rows = lax.broadcasted_iota(jnp.int32, idx.shape, 0)
+    ok = (idx >= 0) & (idx < num_bins)
+    flat = jnp.where(ok, rows * num_bins + idx, qn * num_bins).reshape(-1)
+    # A flat 1-D scatter-add is the fastest histogram on XLA:CPU (no one-hot, no sort).
+    w = jnp.ones(flat.shape, jnp.int32) if weights is None else weights.reshape(-1)
+    out = jnp.zeros((qn * num_bins,), w.dtype).at[flat].add(w, mode="drop")
+    return out.reshape(qn, num_bins)
+
+
+def _harmonic_diff_f32(x, m):
+    """sum_{u=1}^{m} 1 / (x + u) in float32 for x >= 8 (Euler-Maclaurin; error < 1e-9)."""
+    y = x + m
+    return (
+        jnp.log1p(m / x)
+        - m / (2 * x * y)
+        - (1 / (y * y) - 1 / (x * x)) / 12
+        + (1 / y**4 - 1 / x**4) / 120
+        - (1 / y**6 - 1 / x**6) / 252
+    )
+
+
+_SHARE_HEAD = 8  # ranks of a tie group summed term by term before the closed-form tail
+
+
+def expected_group_share(
+    above: Int[Array, "*s"], size: Int[Array, "*s"], rel_above: Int[Array, "*s"],
+    rel_in: Int[Array, "*s"],
+) -> Float[Array, "*s"]:
+    """Expected precision summed over a tie group's ranks, per relevant item of the group.
+
+    For a group of t items (r relevant) ranked after A items of which a are relevant, over all
+    orders of the group, the expected value of rel_k * precision@k at rank A + p is
+    (r / t) (a + 1 + (p - 1) (r - 1) / (t - 1)) / (A + p). Summing over p = 1..t and dividing
+    by r gives each relevant item's share of the group's AP numerator.
+
+    Args:
+      above: A, items ranked before the group.
+      size: t >= 1, items in the group.
+      rel_above: a, relevant items before the group.
+      rel_in: r, relevant items in the group.
+
+    Returns:
+      float32 (1 / t) sum_{p=1}^{t} (a + 1 + (p - 1) (r - 1) / (t - 1)) / (A + p).
 
     References:
-      McSherry & Najork, ECIR 2008 (tie-aware AP): for rank k inside a tie group with A items and a
-      relevant items above it, t items and r relevant in it,
-      E[rel_k prec_k] = (r / t) * (a + 1 + (k - A - 1) (r - 1) / (t - 1)) / k.
+      McSherry & Najork, ECIR 2008, tie-aware average precision (expected precision at each
+      rank of a tie group).
     """
-    qn, n_pad = keys.shape
-    rel = rel.astype(jnp.int32)
-    hits = jnp.cumsum(rel, axis=1)  # [q, n_pad]
-    pos = jnp.arange(1, n_pad + 1, dtype=jnp.float32)  # [n_pad]
-    out = {"R": hits[:, num_items - 1]}
-    kidx = np.asarray(cuts, dtype=np.int32) - 1  # static ranks -> 0-based columns
-    if not expected:
-        terms = rel.astype(jnp.float32) * hits.astype(jnp.float32) / pos  # [q, n_pad]
-        s = jnp.cumsum(terms, axis=1)
-        out["ap_sum"] = s[:, num_items - 1]
-        out["hits"] = hits[:, kidx]
-        out["S"] = s[:, kidx]
-        return out
-    k0 = jnp.arange(n_pad, dtype=jnp.int32)  # items ranked before position k0 + 1
+    f32 = jnp.float32
+    A = above.astype(f32)
+    t = size.astype(f32)
+    a1 = rel_above.astype(f32) + 1
+    slope = jnp.where(size > 1, (rel_in.astype(f32) - 1) / jnp.maximum(t - 1, 1), 0.0)
+    head = jnp.zeros_like(A)
+    for p in range(1, _SHARE_HEAD + 1):  # exact terms for the first ranks
+        head = head + jnp.where(p <= size, (a1 + (p - 1) * slope) / (A + p), 0.0)
+    # Tail p = P+1..t: sum_u (a1 + (P + u - 1) slope) / (x + u) with x = A + P, u = 1..m.
+    m = jnp.maximum(t - _SHARE_HEAD, 0)
+    x = A + _SHARE_HEAD
+    dh = _harmonic_diff_f32(x, m)
+    tail = (a1 + (_SHARE_HEAD - 1) * slope) * dh + slope * (m - x * dh)
+    return (head + tail) / t
+
+
+def _cell_fn(rk, num_rel, n, num_cells, levels, by_index):
+    """Monotone bucketing of (key, index) pairs into cells: (cell(k, idx, row_of), #cells).
+
+    `row_of(x)` spreads a per-query [q, 1] value to the shape of k (1-D per-item arrays).
+    """
+    if levels is not None:
+        # Integer keys 0..levels-1 (Hamming distances): one cell per (distance, index range),
+        # or per distance when only keys are compared.
+        per = max(1, num_cells // levels) if by_index else 1
+        width = -(-n // per)
+
+        def cell(k, idx, row_of):
+            del row_of
+            inner = k * per + (idx // width if per > 1 else 0)
+            return jnp.where(k >= levels, levels * per - 1, inner)  # padding after all
+
+        return cell, levels * per
+    # Float keys: equal-width cells over [first, last] relevant value; outside -> end cells.
+    k_lo = rk[:, :1]
+    k_hi = jnp.take_along_axis(rk, jnp.maximum(num_rel - 1, 0)[:, None], axis=1)
+    v_lo = _key_values(k_lo)
+    span = _key_values(k_hi) - v_lo
+    scale = num_cells / jnp.where(span > 0, span, 1.0)
+    ok = jnp.isfinite(span) & (span > 0) & jnp.isfinite(scale)
+    scale = jnp.where(ok, scale, 0.0)
+
+    def cell(k, idx, row_of):
+        del idx
+        lo, hi = row_of(k_lo), row_of(k_hi)
+        pos = jnp.clip((_key_values(k) - row_of(v_lo)) * row_of(scale), 0, num_cells - 1)
+        pos = jnp.where(row_of(ok) & (k > lo) & (k < hi), pos, 0.0).astype(jnp.int32)
+        return jnp.where(k >= hi, num_cells - 1, pos)
+
+    return cell, num_cells
+
+
+def relevant_rank_stats(
+    keys: Int[Array, "q n"],
+    rel_idx: Int[Array, "q r"],
+    num_rel: Int[Array, " q"],
+    *,
+    cuts: tuple[int, ...],
+    expected: bool,
+    num_cells: int,
+    levels: int | None = None,
+) -> dict[str, Array]:
+    """Rank statistics of each query's relevant items, without sorting the database.
+
+    Ranking is by ascending key, ties by database index (`expected=False`; pass permuted
+    indices for random ties) or averaged over all tie orders (`expected=True`). AP and the
+    cut-off metrics only need, per relevant item, how many items rank before it, so:
+
+    1. the R relevant items are sorted by (key, index) — R is usually much smaller than N;
+    2. every item finds how many relevant items precede it (its "gap") by a binary search
+       among the relevant items of its cell (cells bucket keys monotonically, so the search
+       range is a few items; exact for any data, only slower when many relevant items share a
+       cell);
+    3. a histogram of the gaps, cumulated, gives the stable rank of each relevant item
+       (rank_j = #items with gap <= j). For `expected`, the gap is doubled plus a "tied with
+       a relevant item" bit, which separates #items strictly before a tie group (A) from
+       #items up to its end (A + t).
+
+    Cost per query: O(N log(cell occupancy) + R log R), O(N + R) memory.
+
+    Args:
+      keys: [q, n] int32 ascending sort keys (`order_keys` of negated scores, or distances);
+        padding items hold int32 max, real items less.
+      rel_idx: [q, r] int32 database indices of each query's relevant items, ascending;
+        entries from `num_rel[q]` on are ignored.
+      num_rel: [q] int32, R per query (<= r).
+      cuts: rank cut-offs K, each >= 1.
+      expected: tie-aware (expected) statistics instead of index-stable ranks.
+      num_cells: number of search cells (about 2 r is a good choice).
+      levels: if keys are integers in [0, levels) (Hamming distances), bucket by (key, index
+        range) exactly; None for keys from floats.
+
+    Returns:
+      Dict of per-query arrays, as consumed by the float64 finish: `R` [q] and `ap_sum` [q]
+      (sum over relevant items of precision at their rank, or its expectation). Without
+      `expected`: `hits` [q, c] (relevant in the top K) and `S` [q, c] (sum of precision at
+      those hits). With `expected`, for the tie group holding rank K: `A`, `t`, `a`, `trel`
+      [q, c] int32 and `S_above` [q, c] (expected precision sum of the groups above it); when
+      rank K falls in a group without relevant items, A = K - 1, t = 1, trel = 0.
+
+    References:
+      McSherry & Najork, ECIR 2008 (tie-aware AP; see `expected_group_share`).
+    """
+    qn, n = keys.shape
+    r = rel_idx.shape[1]
+    imax = jnp.iinfo(jnp.int32).max
+    slot = lax.broadcasted_iota(jnp.int32, (qn, r), 1)
+    live = slot < num_rel[:, None]
+    ri = jnp.where(live, rel_idx, n)
+    rk = jnp.where(live, jnp.take_along_axis(keys, jnp.minimum(ri, n - 1), axis=1), imax)
+    if expected:
+        rk = lax.sort(rk, dimension=1)  # keys only: XLA's built-in integer sort
+    else:
+        rk, ri = lax.sort((rk, ri), dimension=1, num_keys=2)  # (key, index) lexicographic
+
+    # Per-item work runs on flat 1-D arrays with clamped 1-D gathers: XLA:CPU fuses those into
+    # the surrounding arithmetic (2-D take_along_axis gathers are several times slower).
+    key1 = keys.reshape(-1)
+    item1 = lax.broadcasted_iota(jnp.int32, (qn, n), 1).reshape(-1)
+    row1 = lax.broadcasted_iota(jnp.int32, (qn, n), 0).reshape(-1)
+
+    def row_of(x):  # [q, 1] -> [q * n]
+        return jnp.broadcast_to(x, (qn, n)).reshape(-1)
+
+    def take(table, idx):  # table[row, idx] for each item; idx clamped into range
+        m = table.shape[1]
+        return jnp.take(table.reshape(-1), row1 * m + jnp.clip(idx, 0, m - 1), mode="clip")
+
+    cell, g = _cell_fn(rk, num_rel, n, num_cells, levels, by_index=not expected)
+    per_cell = _row_bincount(jnp.where(live, cell(rk, ri, lambda x: x), g), g + 1)
     first = jnp.concatenate(
-        [jnp.ones((qn, 1), bool), keys[:, 1:] != keys[:, :-1]], axis=1
-    )  # [q, n_pad] group starts
-    last = jnp.concatenate([keys[:, 1:] != keys[:, :-1], jnp.ones((qn, 1), bool)], axis=1)
-    start = lax.cummax(jnp.where(first, k0, 0), axis=1)  # A: items before the group
-    end = lax.cummin(jnp.where(last, k0 + 1, n_pad), axis=1, reverse=True)  # A + t
-    hits0 = jnp.concatenate([jnp.zeros((qn, 1), jnp.int32), hits], axis=1)  # [q, n_pad + 1]
-    a = jnp.take_along_axis(hits0, start, axis=1)
-    trel = jnp.take_along_axis(hits0, end, axis=1) - a
-    t = end - start
-    frac = trel.astype(jnp.float32) / t.astype(jnp.float32)
-    slope = (trel - 1).astype(jnp.float32) / jnp.maximum(t - 1, 1).astype(jnp.float32)
-    terms = frac * ((a + 1).astype(jnp.float32) + (k0 - start).astype(jnp.float32) * slope)
-    terms = terms / pos  # [q, n_pad] E[rel_k prec_k]
-    s0 = jnp.concatenate([jnp.zeros((qn, 1), jnp.float32), jnp.cumsum(terms, axis=1)], axis=1)
-    out["ap_sum"] = s0[:, num_items]
-    a_b, e_b = start[:, kidx], end[:, kidx]  # [q, c]
-    out["A"] = a_b
-    out["t"] = e_b - a_b
-    out["a"] = a[:, kidx]
-    out["trel"] = trel[:, kidx]
-    out["S_above"] = jnp.take_along_axis(s0, a_b, axis=1)
+        [jnp.zeros((qn, 1), jnp.int32), jnp.cumsum(per_cell[:, :g], axis=1)], axis=1
+    )  # [q, g+1]: relevant slots before each cell
+    c = cell(key1, item1, row_of)
+    lo, hi = take(first, c), take(first, c + 1)
+    if expected:
+        before = lambda mid: take(rk, mid) < key1  # noqa: E731
+    else:
+
+        def before(mid):
+            mk = take(rk, mid)
+            return (mk < key1) | ((mk == key1) & (take(ri, mid) < item1))
+
+    def lift(lo, hi):
+        # Binary lifting keeps one array of state, so the steps fuse into one pass over the
+        # items; exact while hi - lo < 2**_SEARCH_STEPS.
+        base = lo
+        for e in reversed(range(_SEARCH_STEPS)):
+            cand = base + (1 << e)
+            base = jnp.where((cand <= hi) & before(cand - 1), cand, base)
+        return base
+
+    def bisect(lo, hi):  # any width (many relevant items in one cell); a loop step is a pass
+        def step(state):
+            lo, hi = state
+            active = lo < hi
+            mid = (lo + hi) >> 1
+            b = before(mid)
+            return jnp.where(active & b, mid + 1, lo), jnp.where(active & ~b, mid, hi)
+
+        return lax.while_loop(lambda s: jnp.any(s[0] < s[1]), step, (lo, hi))[0]
+
+    # gap: number of relevant items ranked strictly before the item.
+    gap = lax.cond(jnp.any(hi - lo >= (1 << _SEARCH_STEPS)), bisect, lift, lo, hi)
+
+    kk = jnp.asarray(cuts, jnp.int32).reshape(1, -1, 1)  # [1, c, 1]
+    out = {"R": num_rel}
+    f32 = jnp.float32
+    if not expected:
+        # rank_j = #items with gap <= j (itself included): its 1-based stable rank.
+        rank = jnp.cumsum(_row_bincount(gap.reshape(qn, n), r + 1), axis=1)[:, :r]
+        terms = jnp.where(live, (slot + 1).astype(f32) / jnp.maximum(rank, 1).astype(f32), 0.0)
+        out["ap_sum"] = jnp.sum(terms, axis=1)
+        inside = live[:, None, :] & (rank[:, None, :] <= kk)  # [q, c, r]
+        out["hits"] = jnp.sum(inside, axis=2, dtype=jnp.int32)
+        out["S"] = jnp.sum(jnp.where(inside, terms[:, None, :], 0.0), axis=2)
+        return out
+
+    tied = (gap < row_of(num_rel[:, None])) & (take(rk, gap) == key1)
+    pos = (2 * gap + tied).reshape(qn, n)
+    cum = jnp.cumsum(_row_bincount(pos, 2 * r + 2), axis=1)  # [q, 2r+2]
+    new = jnp.concatenate([jnp.ones((qn, 1), bool), rk[:, 1:] != rk[:, :-1]], axis=1)
+    end = jnp.concatenate([rk[:, 1:] != rk[:, :-1], jnp.ones((qn, 1), bool)], axis=1)
+    start = lax.cummax(jnp.where(new, slot, 0), axis=1)  # a: relevant before the group
+    stop = lax.cummin(jnp.where(end, slot + 1, r), axis=1, reverse=True)
+    A = jnp.take_along_axis(cum, 2 * start, axis=1)  # items strictly before the group
+    t = jnp.take_along_axis(cum, 2 * start + 1, axis=1) - A
+    trel = stop - start
+    share = jnp.where(live, expected_group_share(A, jnp.maximum(t, 1), start, trel), 0.0)
+    out["ap_sum"] = jnp.sum(share, axis=1)
+    Ab, Bb = A[:, None, :], (A + t)[:, None, :]
+    holds = live[:, None, :] & (Ab < kk) & (kk <= Bb)  # [q, c, r] group holding rank K
+    above = live[:, None, :] & (Bb < kk)
+    has = jnp.any(holds, axis=2)
+
+    def pick(x, default):
+        return jnp.where(has, jnp.max(jnp.where(holds, x[:, None, :], -1), axis=2), default)
+
+    out["A"] = pick(A, kk[..., 0] - 1)
+    out["t"] = pick(t, 1)
+    out["a"] = jnp.sum(above, axis=2, dtype=jnp.int32)
+    out["trel"] = pick(trel, 0)
+    out["S_above"] = jnp.sum(jnp.where(above, share[:, None, :], 0.0), axis=2)
     return out
 
 
@@ -497,21 +708,23 @@ class _Plan:
     kind: str
     negate: bool
     num_bits: int
-    path: str  # "sort" | "hist"
+    path: str  # "rank" | "hist"
     expected: bool
+    multi_label: bool
     cuts: tuple[int, ...]
     num_items: int
     query_chunk: int
     db_chunk: int
     num_db_chunks: int
+    rel_cap: int  # r: relevant slots per query (rank path)
+    num_cells: int
     mesh: Any
 
 
 def _block_keys(plan: _Plan, qd, xd):
-    """Ascending sort keys for one (query chunk, database chunk) block, and bad-score flags."""
+    """Ascending int32 sort keys for one (query chunk, database chunk) block, bad-score flags."""
     if plan.kind == "hamming":
-        dist = hamming_distances(qd, xd)
-        return dist.astype(jnp.float32), None
+        return hamming_distances(qd, xd), None
     if plan.kind == "adc":
         s = adc_scores(qd, xd)
     elif plan.kind == "scores":
@@ -519,60 +732,57 @@ def _block_keys(plan: _Plan, qd, xd):
         s = s.astype(jnp.float32)
     else:
         s = dense_scores(qd, xd, "ip" if plan.kind == "dense_ip" else "neg_l2")
-    key = s if plan.negate else -s
-    key = jnp.where(key == 0, 0.0, key)  # -0.0 -> +0.0 so equal scores get equal keys
-    return key, ~jnp.isfinite(s)
+    return order_keys(s if plan.negate else -s), ~jnp.isfinite(s)
 
 
-def _packed_hamming_sort(plan: _Plan) -> bool:
-    """Whether (distance << 24 | index) fits an int32 key: one single-operand integer sort."""
-    return (
-        plan.kind == "hamming"
-        and plan.num_bits <= _MAX_PACKED_BITS
-        and (plan.num_db_chunks * plan.db_chunk <= (1 << _INDEX_BITS))
-    )
-
-
-def _sort_chunk(plan: _Plan, qd, ql, xd, xl, xv):
+def _rank_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
     qc = ql.shape[0]
-    packed = _packed_hamming_sort(plan)
+    n_pad = plan.num_db_chunks * plan.db_chunk
+    r = plan.rel_cap
+    chunk_ids = jnp.arange(plan.num_db_chunks, dtype=jnp.int32)
 
     def body(bad, xs):
         d, lab, v, j = xs
-        rel = relevance(ql, lab) & v[None, :]
-        if packed:
-            # Distances are small ints: pack them above the database index so that a plain
-            # integer sort (fast on CPU, keys-only radix on GPU) gives the stable order.
-            idx = j * plan.db_chunk + jnp.arange(plan.db_chunk, dtype=jnp.int32)
-            key = (hamming_distances(qd, d) << _INDEX_BITS) | idx[None, :]
-            key = jnp.where(v[None, :], key, jnp.iinfo(jnp.int32).max)
-            return bad, (key, rel.astype(jnp.int8))
-        key, nonfinite = _block_keys(plan, qd, d)
-        key = jnp.where(v[None, :], key, jnp.inf)  # padding ranks last
+        key, nonfinite = _block_keys(plan, qd, j if plan.kind == "scores" else d)
+        key = jnp.where(v[None, :], key, jnp.iinfo(jnp.int32).max)  # padding ranks last
         if nonfinite is not None:
             bad = bad + jnp.sum(nonfinite & v[None, :], axis=1, dtype=jnp.int32)
-        return bad, (key, rel.astype(jnp.int8))
+        rel = (relevance(ql, lab) & v[None, :]).astype(jnp.int8) if plan.multi_label else None
+        return bad, (key, rel)
 
-    chunk_ids = jnp.arange(plan.num_db_chunks, dtype=jnp.int32)
-    bad, (keys, rels) = lax.scan(body, jnp.zeros((qc,), jnp.int32), (xd, xl, xv, chunk_ids))
-    n_pad = plan.num_db_chunks * plan.db_chunk
-    keys = jnp.moveaxis(keys, 0, 1).reshape(qc, n_pad)  # [qc, N_pad]
-    rels = jnp.moveaxis(rels, 0, 1).reshape(qc, n_pad)
-    if packed:
-        keys = lax.sort(keys, dimension=1)  # keys are unique: stability is implied
-        order = keys & ((1 << _INDEX_BITS) - 1)
-        keys = keys >> _INDEX_BITS  # the distance (padding: 127, after every real item)
+    xs = (xd, xl, xv, chunk_ids)
+    bad, (keys, rels) = lax.scan(body, jnp.zeros((qc,), jnp.int32), xs)
+    keys = jnp.moveaxis(keys, 0, 1).reshape(qc, n_pad)
+    if plan.multi_label:
+        rels = jnp.moveaxis(rels, 0, 1).reshape(qc, n_pad) > 0
+        num_rel = jnp.sum(rels, axis=1, dtype=jnp.int32)
+        # Compact each row's relevant indices (ascending) into r slots.
+        slot = jnp.cumsum(rels.astype(jnp.int32), axis=1) - 1
+        rows = lax.broadcasted_iota(jnp.int32, (qc, n_pad), 0)
+        flat = jnp.where(rels, rows * r + slot, qc * r).reshape(-1)
+        item = lax.broadcasted_iota(jnp.int32, (qc, n_pad), 1).reshape(-1)
+        rel_idx = jnp.full((qc * r,), n_pad, jnp.int32).at[flat].set(item, mode="drop")
+        rel_idx = rel_idx.reshape(qc, r)
     else:
-        iota = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
-        # Stable sort: equal keys keep database order (index, or the random permutation).
-        keys, order = lax.sort((keys, iota), dimension=1, is_stable=True, num_keys=1)
-    rels = jnp.take_along_axis(rels, order, axis=1)
-    out = ranked_stats(keys, rels, num_items=plan.num_items, cuts=plan.cuts, expected=plan.expected)
+        # Single-label: the relevant items of a query are its class's slice of the database
+        # sorted by (label, index), precomputed on the host.
+        num_rel = q_count
+        rel_idx = jnp.take(db_order, q_start[:, None] + jnp.arange(r, dtype=jnp.int32)[None])
+    out = relevant_rank_stats(
+        keys,
+        rel_idx,
+        num_rel,
+        cuts=plan.cuts,
+        expected=plan.expected,
+        num_cells=plan.num_cells,
+        levels=plan.num_bits + 1 if plan.kind == "hamming" else None,
+    )
     out["bad"] = bad
     return out
 
 
-def _hist_chunk(plan: _Plan, qd, ql, xd, xl, xv):
+def _hist_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
+    del q_start, q_count, db_order
     qc = ql.shape[0]
     zeros = jnp.zeros((qc, plan.num_bits + 1), jnp.int32)
 
@@ -586,17 +796,22 @@ def _hist_chunk(plan: _Plan, qd, ql, xd, xl, xv):
     return {"tot": tot, "rel": rel}
 
 
-def _local(plan: _Plan, q_data, q_lab, db_data, db_lab, db_valid):
+def _local(plan: _Plan, q_data, q_lab, q_start, q_count, db_data, db_lab, db_valid, db_order):
     """Per-device work: all local query chunks against the whole database."""
     qc, nb, nc = plan.query_chunk, plan.num_db_chunks, plan.db_chunk
     nq = q_lab.shape[0] // qc
-    qd = q_data.reshape((nq, qc) + q_data.shape[1:])
-    ql = q_lab.reshape((nq, qc) + q_lab.shape[1:])
+
+    def split(x):
+        return x.reshape((nq, qc) + x.shape[1:])
+
     xd = db_data if plan.kind == "scores" else db_data.reshape((nb, nc) + db_data.shape[1:])
     xl = db_lab.reshape((nb, nc) + db_lab.shape[1:])
     xv = db_valid.reshape(nb, nc)
-    chunk = _sort_chunk if plan.path == "sort" else _hist_chunk
-    out = lax.map(lambda a: chunk(plan, a[0], a[1], xd, xl, xv), (qd, ql))
+    chunk = _rank_chunk if plan.path == "rank" else _hist_chunk
+    out = lax.map(
+        lambda a: chunk(plan, a[0], a[1], xd, xl, xv, a[2], a[3], db_order),
+        (split(q_data), split(q_lab), split(q_start), split(q_count)),
+    )
     return {k: v.reshape((nq * qc,) + v.shape[2:]) for k, v in out.items()}
 
 
@@ -608,11 +823,20 @@ def _kernel(plan: _Plan):
         fn = jax.shard_map(
             fn,
             mesh=plan.mesh,
-            in_specs=(q_spec, q_spec, db_spec, db_spec, db_spec),
+            in_specs=(q_spec,) * 4 + (db_spec,) * 4,
             out_specs=q_spec,
             check_vma=False,
         )
     return jax.jit(fn)
+
+
+@functools.partial(jax.jit, static_argnames=("block",))
+def _relevant_counts(query_labels, db_labels, *, block):
+    """[Q] number of relevant database items per query, `block` queries at a time."""
+    q = query_labels.shape[0]
+    ql = query_labels.reshape((q // block, block) + query_labels.shape[1:])
+    out = lax.map(lambda lab: jnp.sum(relevance(lab, db_labels), axis=1, dtype=jnp.int32), ql)
+    return out.reshape(q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,7 +905,31 @@ def _balanced(total: int, cap: int, multiple: int = 1) -> int:
     return -(-size // multiple) * multiple
 
 
-def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_chunk, mesh):
+def _relevant_index(ql, dl, multi, n, mesh):
+    """Per-query relevant counts, and (single-label) class slices of the label-sorted database.
+
+    Returns (q_start [Q], q_count [Q], db_order [N + r] with sentinel N, r = slots per query).
+    """
+    if multi:
+        q = ql.shape[0]
+        block = _balanced(q, max(1, _budget(_PAIR_BUDGET, mesh) // max(n, 1)))
+        pad = -(-q // block) * block - q
+        counts = _relevant_counts(jnp.pad(ql, ((0, pad), (0, 0))), dl, block=block)
+        counts = np.asarray(counts)[:q].astype(np.int32)
+        starts, order = np.zeros_like(counts), np.zeros(0, np.int32)
+    else:
+        labels = np.asarray(dl)
+        order = np.argsort(labels, kind="stable").astype(np.int32)
+        sorted_labels, qh = labels[order], np.asarray(ql)
+        starts = np.searchsorted(sorted_labels, qh, "left").astype(np.int32)
+        counts = (np.searchsorted(sorted_labels, qh, "right") - starts).astype(np.int32)
+    # Powers of two keep the number of compiled shapes small.
+    r = min(1 << max(int(counts.max(initial=0)) - 1, 0).bit_length(), max(n, 1))
+    r = max(r, int(counts.max(initial=0)), 1)
+    return starts, counts, np.concatenate([order, np.full(r, n, np.int32)]), r
+
+
+def _run(source, ql, dl, multi, *, path, expected, cuts, ties, seed, query_chunk, db_chunk, mesh):
     """Runs one kernel over all queries; returns per-query NumPy arrays (padding dropped)."""
     n, nq_total = source.num_items, source.num_queries
     kind = source.kind
@@ -701,19 +949,6 @@ def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_ch
         nc = _balanced(n, MAX_HAMMING_DB_CHUNK, 8)
     nb = -(-n // nc)
     n_pad = nb * nc
-    q_local = -(-nq_total // ndev)
-    if query_chunk is None:
-        if path == "sort":
-            cap = _budget(_ROW_BUDGET, mesh) // n_pad
-        else:
-            cap = _budget(_PAIR_BUDGET, mesh) // nc
-        qc = _balanced(q_local, min(cap, q_local))
-    else:
-        if int(query_chunk) < 1:
-            raise ValueError(f"query_chunk must be >= 1, got {query_chunk}.")
-        qc = int(query_chunk)
-    nq_chunks = -(-q_local // qc)
-    q_pad = ndev * nq_chunks * qc
 
     qdata = jnp.asarray(source.queries)
     dbdata = None if kind == "scores" else jnp.asarray(source.database)
@@ -724,6 +959,27 @@ def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_ch
             qdata = jnp.take(qdata, perm, axis=1)
         else:
             dbdata = jnp.take(dbdata, perm, axis=0)
+    r = 1
+    q_start = q_count = np.zeros(nq_total, np.int32)
+    db_order = np.zeros(1, np.int32)
+    if path == "rank":
+        q_start, q_count, db_order, r = _relevant_index(ql, dl, multi, n, mesh)
+        db_order = np.where(db_order == n, n_pad, db_order)  # sentinel: past the padding
+
+    q_local = -(-nq_total // ndev)
+    if query_chunk is None:
+        if path == "rank":
+            # Key row, search state and gathers per item; slot arrays per relevant item.
+            cap = _budget(_ROW_BUDGET, mesh) // (n_pad + (len(cuts) + 8) * r)
+        else:
+            cap = _budget(_PAIR_BUDGET, mesh) // nc
+        qc = _balanced(q_local, min(cap, q_local))
+    else:
+        if int(query_chunk) < 1:
+            raise ValueError(f"query_chunk must be >= 1, got {query_chunk}.")
+        qc = int(query_chunk)
+    nq_chunks = -(-q_local // qc)
+    q_pad = ndev * nq_chunks * qc
 
     def pad0(x, size, axis=0):
         widths = [(0, 0)] * x.ndim
@@ -739,6 +995,8 @@ def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_ch
     ql = pad0(ql, q_pad)
     dl = pad0(dl, n_pad)
     valid = jnp.arange(n_pad) < n
+    q_start = pad0(jnp.asarray(q_start, jnp.int32), q_pad)
+    q_count = pad0(jnp.asarray(q_count, jnp.int32), q_pad)  # padded queries: no relevant item
 
     plan = _Plan(
         kind=kind,
@@ -746,17 +1004,20 @@ def _run(source, ql, dl, *, path, expected, cuts, ties, seed, query_chunk, db_ch
         num_bits=source.num_bits,
         path=path,
         expected=expected,
+        multi_label=multi,
         cuts=cuts,
         num_items=n,
         query_chunk=qc,
         db_chunk=nc,
         num_db_chunks=nb,
+        rel_cap=r,
+        num_cells=_CELLS_PER_RELEVANT * r,
         mesh=mesh,
     )
-    args = (qdata, ql, dbdata, dl, valid)
+    args = (qdata, ql, q_start, q_count, dbdata, dl, valid, jnp.asarray(db_order, jnp.int32))
     if mesh is not None:
         qs, rs = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
-        args = tuple(jax.device_put(a, s) for a, s in zip(args, (qs, qs, rs, rs, rs)))
+        args = tuple(jax.device_put(a, s) for a, s in zip(args, (qs,) * 4 + (rs,) * 4))
     out = jax.device_get(_kernel(plan)(*args))
     out = {k: np.asarray(v)[:nq_total] for k, v in out.items()}
     if "bad" in out and out["bad"].any():
@@ -886,7 +1147,7 @@ def _cut_metrics(stats, j, K, expected, denominator):
 
 
 def _hist_stats(tot, rel, cuts):
-    """Tie-group statistics (as `ranked_stats` with expected=True) from distance histograms."""
+    """Tie-group statistics (as `relevant_rank_stats` with expected=True) from histograms."""
     tot = tot.astype(np.float64)
     rel = rel.astype(np.float64)
     cum_t, cum_r = np.cumsum(tot, 1), np.cumsum(rel, 1)
@@ -949,14 +1210,15 @@ def _validate_common(source, denominator, empty, ties):
         raise ValueError("There are no queries (Q = 0).")
 
 
-def _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh):
-    """Per-query rank statistics via the histogram path (Hamming, expected) or the sort path."""
+def _rank_stats(source, ql, dl, multi, cuts, ties, seed, query_chunk, db_chunk, mesh):
+    """Per-query rank statistics via the histogram path (Hamming, expected) or the rank path."""
     expected = ties == "expected"
     if source.kind == "hamming" and expected:
         h = _run(
             source,
             ql,
             dl,
+            multi,
             path="hist",
             expected=True,
             cuts=(),
@@ -971,7 +1233,8 @@ def _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh):
         source,
         ql,
         dl,
-        path="sort",
+        multi,
+        path="rank",
         expected=expected,
         cuts=cuts,
         ties=ties,
@@ -1054,7 +1317,7 @@ def retrieval_metrics(
             | {clip(k) for k in recall_ks}
         )
     )
-    stats, hist = _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh)
+    stats, hist = _rank_stats(source, ql, dl, multi, cuts, ties, seed, query_chunk, db_chunk, mesh)
     R = np.asarray(stats["R"], np.float64)
     has_rel = R > 0
     col = {K: i for i, K in enumerate(cuts)}
@@ -1083,7 +1346,7 @@ def retrieval_metrics(
         )
     extra = None
     if radius is not None:
-        pr = _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh, hist)
+        pr = _radius_curves(source, ql, dl, multi, query_chunk, db_chunk, mesh, hist)
         result[f"p@r{radius}"] = _mean(pr["precision"][:, radius], pr["has_rel"], empty)
         result[f"r@r{radius}"] = _mean(pr["recall"][:, radius], pr["has_rel"], empty)
         extra = {"radius_precision_when_nothing_retrieved": 0.0}
@@ -1099,7 +1362,7 @@ def retrieval_metrics(
     return result
 
 
-def _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh, hist=None):
+def _radius_curves(source, ql, dl, multi, query_chunk, db_chunk, mesh, hist=None):
     """Per-query precision and recall of the items within each radius 0..b."""
     h = hist
     if h is None:
@@ -1107,6 +1370,7 @@ def _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh, hist=None):
             source,
             ql,
             dl,
+            multi,
             path="hist",
             expected=True,
             cuts=(),
@@ -1165,7 +1429,7 @@ def hamming_radius_pr(
     if not 0 <= int(radius) <= source.num_bits:
         raise ValueError(f"radius must lie in [0, {source.num_bits}], got {radius}.")
     ql, dl, multi = _prepare_labels(query_labels, db_labels, source.num_queries, source.num_items)
-    pr = _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh)
+    pr = _radius_curves(source, ql, dl, multi, query_chunk, db_chunk, mesh)
     return {
         "precision": _mean(pr["precision"][:, radius], pr["has_rel"], empty),
         "recall": _mean(pr["recall"][:, radius], pr["has_rel"], empty),
@@ -1225,7 +1489,7 @@ def pr_curve(
     if by == "radius":
         if source.kind != "hamming":
             raise ValueError(f"by='radius' needs a hamming_source, got {source.kind}.")
-        pr = _radius_curves(source, ql, dl, query_chunk, db_chunk, mesh)
+        pr = _radius_curves(source, ql, dl, multi, query_chunk, db_chunk, mesh)
         has = pr["has_rel"]
         return {
             "precision": np.array([_mean(c, has, empty) for c in pr["precision"].T]),
@@ -1241,7 +1505,7 @@ def pr_curve(
         cutoffs = np.unique(np.linspace(1, n, num=min(n, 100)).round().astype(np.int64))
     ks = _normalize_ks(tuple(int(c) for c in cutoffs), "cutoffs", False)
     cuts = tuple(sorted({min(k, n) for k in ks}))
-    stats, _ = _rank_stats(source, ql, dl, cuts, ties, seed, query_chunk, db_chunk, mesh)
+    stats, _ = _rank_stats(source, ql, dl, multi, cuts, ties, seed, query_chunk, db_chunk, mesh)
     R = np.asarray(stats["R"], np.float64)
     has = R > 0
     col = {K: i for i, K in enumerate(cuts)}
@@ -1349,7 +1613,9 @@ __all__ = [
     "map_from_scores",
     "pack_bits",
     "pr_curve",
-    "ranked_stats",
+    "expected_group_share",
+    "order_keys",
+    "relevant_rank_stats",
     "relevance",
     "retrieval_metrics",
     "scores_source",

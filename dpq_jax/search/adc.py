@@ -9,24 +9,34 @@ Layout of this module:
   jittable, float32.
 - Scoring kernels over one database chunk (`scores_gather`, `scores_onehot`, `scores_decode`).
 - `chunked_topk`, the engine: a fixed-size chunk of the database is scored per step of a
-  `lax.scan` over a padded array, so one compiled kernel serves every chunk; a running exact
-  top-k is merged after each chunk. `hamming.py` reuses it with Hamming distances.
+  `lax.scan` over a padded array, so one compiled kernel serves every chunk. The scan keeps only
+  the maximum of each run of B rows; the k best runs are then re-scored and an exact top-k of
+  their `k * B` rows is taken (see `chunked_topk` for why this is exact). `hamming.py` reuses
+  it with Hamming distances.
 - `adc_topk` / `adc_topk_sharded` / `decode_topk`: validated entry points.
 
 Tie policy ("stable"): results are ordered by score, and equal scores by the LOWER database
 index. This holds exactly because `lax.top_k` puts the lower position first among equal values
-(documented by JAX), the running top-k always precedes the newer (higher-index) chunk when they
-are merged, and sharded candidates are concatenated in device order, i.e. in index order.
-Floating zeros are canonicalised (`-0.0 -> +0.0`) first, because `lax.top_k` orders `-0.0`
-below `+0.0`. `ties="random"` instead breaks ties by a seeded random permutation of the database
-(`tie_permutation`), the same for every query.
+(documented by JAX): the block maxima are ranked in block order, the selected blocks are
+re-scored in increasing index order, and sharded candidates are concatenated in device order,
+i.e. in index order. Floating zeros are canonicalised (`-0.0 -> +0.0`) first, because
+`lax.top_k` orders `-0.0` below `+0.0`. `ties="random"` instead breaks ties by a seeded random
+permutation of the database (`tie_permutation`), the same for every query.
 
-`kernel="auto"` picks `"gather"` on CPU and `"onehot"` elsewhere. Measured briefly on the shared
-2-core development CPU (jax 0.10.2, Q=128, N=65536, k=100, chunk 4096, best of 3, noisy):
-M=8, K=256: gather 0.15 s, onehot 0.65 s, decode (d=16) 0.17 s; M=4, K=16: gather 0.13 s,
-onehot 0.14 s, decode 0.21 s. Chunks of 4096 beat 1024 by about 2x (fewer merges). Not measured
+`kernel="auto"` picks `"gather"` on CPU and `"onehot"` elsewhere. Measured on the shared
+2-core development CPU (jax 0.10.2, noisy: load average 3-8 from other users): Q=128,
+N=65536, k=100, M=8, K=256: gather 0.15 s, onehot 0.65 s, decode (d=16) 0.17 s; M=4, K=16:
+gather 0.13 s, onehot 0.14 s, decode 0.21 s. Selection: `lax.top_k` on CPU sorts about
+2e8 keys/s, as fast as the gather kernel scores them, so the earlier per-chunk top-k plus
+running merge spent about half its time selecting; keeping block maxima instead made
+`adc_topk` 2-3x faster (N=262144, Q=256, M=8, best of 4 interleaved runs: 0.82 s -> 0.26 to
+0.35 s). Chunks of 16384 rows and
+blocks of 32 queries were best or within noise of the best of 2048-65536 rows and 8-256
+queries. `benchmarks/search.py` compares with FAISS: on that CPU, N=1M, Q=1000, k=100, dpq_jax
+took 0.76x (M=8) and 1.85x (M=16) the time of FAISS `IndexPQ` on the same codes. Not measured
 on an accelerator: there the one-hot form is a dense matmul for the matrix units, and the
-gather's scattered reads are the slow path; re-measure before relying on it.
+gather's scattered reads are the slow path; re-measure (and raise `query_chunk`) before
+relying on these defaults there.
 
 References:
   H. Jegou, M. Douze, C. Schmid. Product quantization for nearest neighbor search. IEEE TPAMI
@@ -48,8 +58,8 @@ from dpq_jax.typing import Array, Float, Int
 
 KERNELS = ("gather", "onehot")
 TIES = ("stable", "random")
-DEFAULT_CHUNK_SIZE = 4096
-DEFAULT_QUERY_CHUNK = 128
+DEFAULT_CHUNK_SIZE = 16384
+DEFAULT_QUERY_CHUNK = 32
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -633,6 +643,17 @@ def pad_rows(x: Array, rows: int) -> Array:
     return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
+def selection_block(num_items: int, k: int, chunk: int) -> int:
+    """Default selection block B: the power of two nearest `sqrt(N / k)`, within `[1, chunk]`.
+
+    Selection sorts about `N / B` block maxima plus `k * B` candidates per query; the sum is
+    smallest near `B = sqrt(N / k)`.
+    """
+    ideal = np.sqrt(max(num_items, 1) / max(k, 1))
+    block = 2 ** int(np.round(np.log2(max(ideal, 1.0))))
+    return int(max(1, min(block, chunk)))
+
+
 def chunked_topk(
     score_fn: ScoreFn,
     queries: Array,
@@ -642,81 +663,105 @@ def chunked_topk(
     key_dtype,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
+    block_size: int | None = None,
     num_valid=None,
     id_offset=0,
     varying_axes: tuple[str, ...] = (),
 ) -> tuple[Array, Int[Array, "q k"]]:
     """Exact top-k of `score_fn` keys over a database, chunk by chunk (traceable, no checks).
 
-    The database is padded to a multiple of the chunk size and scanned with `lax.scan`, so the
-    scoring kernel is traced and compiled once for all chunks; queries are processed in blocks of
-    `query_chunk` with `lax.map`. Rows at or beyond `num_valid` get the lowest key of
-    `key_dtype`. The result is sorted by key (descending) and, among equal keys, by lower index.
+    Two passes per block of `query_chunk` queries (`lax.map` over query blocks):
+
+    1. Scan: the database, padded to a multiple of the chunk size, is scored one fixed-size
+       chunk per `lax.scan` step (one compiled kernel for all chunks). Only the maximum key of
+       each run of `B` consecutive rows (a selection block) is kept: `[q, N / B]`.
+    2. Select: the `k` blocks with the largest maxima (`lax.top_k`, lower block first on
+       ties) hold the top-k items, since fewer than `k` items beat the k-th key, so at most
+       `k - 1` blocks have a larger maximum. Their `k * B` rows, in increasing index order,
+       are re-scored with the same `score_fn` (bitwise the same keys) and a last stable
+       `lax.top_k` picks the result.
+
+    Sorting `N / B + k * B` keys per query instead of all `N` removes most of the selection
+    cost, which otherwise rivals the scoring itself on CPU. Rows at or beyond `num_valid` get
+    the lowest key of `key_dtype`. The result is sorted by key (descending) and, among equal
+    keys, by lower index: among blocks with equal maxima the lower ones are kept, and within
+    them the candidates are in index order, so the tie rule is exact.
 
     Args:
-      score_fn: `(query_block [q, ...], db_chunk [c, ...]) -> keys [q, c]`, larger is better.
+      score_fn: `(query_block [q, ...], db_chunk [c, ...]) -> keys [q, c]`, larger is better;
+        it must give the same key for a (query, row) pair whatever the other rows are.
       queries: `[Q, ...]` query-side array (LUTs, packed bits).
       database: `[N, ...]` database-side array (codes, packed bits).
       k: results per query; the output has `min(k, N)` columns.
       key_dtype: dtype of the keys `score_fn` returns (float32 or int32).
-      chunk_size: database rows scored per step (clipped to N).
+      chunk_size: database rows scored per step (clipped to N, rounded up to a multiple of B).
       query_chunk: queries per block (clipped to Q).
+      block_size: selection block B; default `selection_block(N, k, chunk)`. Memory per query
+        block: `[query_chunk, N / B]` maxima and `[query_chunk, k * B, ...]` candidates.
       num_valid: rows `>= num_valid` are padding (default: all N rows are valid); may be traced.
       id_offset: added to row positions to form the returned ids; may be traced.
-      varying_axes: inside `shard_map`, the mesh axes the database is split over; the running
-        top-k carry is cast to vary over them, as the per-chunk results do.
+      varying_axes: inside `shard_map`, the mesh axes the database is split over (kept for
+        callers; every intermediate derives from the database, so nothing needs casting).
 
     Returns:
       `(keys [Q, min(k, N)], ids [Q, min(k, N)] int32)`.
     """
+    del varying_axes
     num_q, num_n = queries.shape[0], database.shape[0]
     # Rows past the end of `database` (chunk padding) are never valid, whatever num_valid says.
     num_valid = num_n if num_valid is None else jnp.minimum(num_valid, num_n)
-    chunk = max(1, min(chunk_size, num_n))
-    num_chunks = -(-num_n // chunk)
     k_out = min(k, num_n)
-    k_chunk = min(k_out, chunk)
+    chunk = max(1, min(chunk_size, num_n))
+    block = selection_block(num_n, k_out, chunk) if block_size is None else block_size
+    block = max(1, min(int(block), chunk))
+    chunk = -(-chunk // block) * block
+    num_chunks = -(-num_n // chunk)
+    blocks_per_chunk = chunk // block
+    num_blocks = num_chunks * blocks_per_chunk
+    k_blocks = min(k_out, num_blocks)
     q_block = max(1, min(query_chunk, num_q))
-    num_blocks = -(-num_q // q_block)
+    num_qblocks = -(-num_q // q_block)
     floating = jnp.issubdtype(key_dtype, jnp.floating)
     lowest = _lowest(key_dtype)
 
-    # [N, ...] -> [num_chunks, chunk, ...]; [Q, ...] -> [num_blocks, q_block, ...]
-    db = pad_rows(database, num_chunks * chunk)
-    db = db.reshape(num_chunks, chunk, *database.shape[1:])
-    qs = pad_rows(queries, num_blocks * q_block)
-    qs = qs.reshape(num_blocks, q_block, *queries.shape[1:])
+    def keys_of(qb, rows_db, rows):
+        keys = score_fn(qb, rows_db).astype(key_dtype)  # [q, c]
+        if floating:
+            keys = jnp.where(keys == 0, jnp.zeros_like(keys), keys)  # -0.0 -> +0.0
+        return jnp.where(rows < num_valid, keys, lowest)
+
+    # [N, ...] -> [num_chunks, chunk, ...]; [Q, ...] -> [num_qblocks, q_block, ...]
+    flat_db = pad_rows(database, num_chunks * chunk)
+    db = flat_db.reshape(num_chunks, chunk, *database.shape[1:])
+    qs = pad_rows(queries, num_qblocks * q_block)
+    qs = qs.reshape(num_qblocks, q_block, *queries.shape[1:])
     starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+    offsets = jnp.arange(block, dtype=jnp.int32)
 
     def search_block(qb):
-        def step(carry, xs):
-            best_keys, best_ids = carry  # [q, k_out]
+        def step(_, xs):
             db_chunk, start = xs
-            keys = score_fn(qb, db_chunk).astype(key_dtype)  # [q, chunk]
-            if floating:
-                keys = jnp.where(keys == 0, jnp.zeros_like(keys), keys)  # -0.0 -> +0.0
-            rows = start + jnp.arange(chunk, dtype=jnp.int32)  # [chunk]
-            keys = jnp.where((rows < num_valid)[None, :], keys, lowest)
-            chunk_keys, pos = lax.top_k(keys, k_chunk)  # [q, k_chunk]
-            chunk_ids = (rows + id_offset)[pos]
-            # The running best (lower ids) goes first, so stable top_k keeps lower ids on ties.
-            merged_keys = jnp.concatenate([best_keys, chunk_keys], axis=1)
-            merged_ids = jnp.concatenate([best_ids, chunk_ids], axis=1)
-            best_keys, pos = lax.top_k(merged_keys, k_out)
-            return (best_keys, jnp.take_along_axis(merged_ids, pos, axis=1)), None
+            rows = (start + jnp.arange(chunk, dtype=jnp.int32))[None, :]  # [1, chunk]
+            keys = keys_of(qb, db_chunk, rows)  # [q, chunk]
+            return None, jnp.max(keys.reshape(q_block, blocks_per_chunk, block), axis=-1)
 
-        init = (
-            jnp.full((q_block, k_out), lowest, key_dtype),
-            jnp.full((q_block, k_out), -1, jnp.int32),
-        )
-        if varying_axes:
-            init = lax.pcast(init, varying_axes, to="varying")
-        (keys, ids), _ = lax.scan(step, init, (db, starts))
-        return keys, ids
+        _, maxima = lax.scan(step, None, (db, starts))  # [num_chunks, q, blocks_per_chunk]
+        maxima = jnp.transpose(maxima, (1, 0, 2)).reshape(q_block, num_blocks)
+        _, best_blocks = lax.top_k(maxima, k_blocks)  # [q, k_blocks], lower block on ties
+        best_blocks = jnp.sort(best_blocks, axis=1)  # candidates in increasing index order
+        rows = (best_blocks[:, :, None] * block + offsets).reshape(q_block, k_blocks * block)
+        candidates = flat_db[rows]  # [q, k_blocks * B, ...]
+        keys = jax.vmap(lambda qrow, cand: score_fn(qrow[None], cand)[0])(qb, candidates)
+        keys = keys.astype(key_dtype)
+        if floating:
+            keys = jnp.where(keys == 0, jnp.zeros_like(keys), keys)
+        keys = jnp.where(rows < num_valid, keys, lowest)
+        best_keys, pos = lax.top_k(keys, k_out)  # stable: lower row first among equal keys
+        return best_keys, jnp.take_along_axis(rows, pos, axis=1) + id_offset
 
-    keys, ids = lax.map(search_block, qs)  # [num_blocks, q_block, k_out]
-    keys = keys.reshape(num_blocks * q_block, k_out)[:num_q]
-    ids = ids.reshape(num_blocks * q_block, k_out)[:num_q]
+    keys, ids = lax.map(search_block, qs)  # [num_qblocks, q_block, k_out]
+    keys = keys.reshape(num_qblocks * q_block, k_out)[:num_q]
+    ids = ids.reshape(num_qblocks * q_block, k_out)[:num_q].astype(jnp.int32)
     return keys, ids
 
 

@@ -317,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "query" and args.index:
             if args.query_side is not None:
                 raise ValueError("--query_side is fixed by the index file; drop it with --index.")
+            if isinstance(step, str):
+                raise ValueError(
+                    "With --index, --step must be the checkpoint step number the index was "
+                    "built with (default: the step recorded in the file)."
+                )
             retriever = Retriever.load(args.index, args.workdir, step=step, **options)
             catalog = (retriever.extra or {}).get("items", {})
         else:

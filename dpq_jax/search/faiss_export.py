@@ -5,11 +5,12 @@ into the FAISS `ProductQuantizer` centroids and the stored codes are appended wi
 `add_sa_codes` (or, for binary codes, as the raw bytes FAISS stores anyway). FAISS never
 re-encodes a vector, so a FAISS search ranks exactly the codes dpq_jax ranks.
 
-| dpq_jax index | FAISS index | exact? |
-|---|---|---|
-| `PQIndex`, K <= 256, metric "ip" / "l2" | `IndexPQ` (`METRIC_INNER_PRODUCT` / `METRIC_L2`) | yes, up to float32 rounding of the table sums |
-| `PQIndex`, K <= 16 | `IndexPQFastScan` (4-bit, SIMD) | no: FAISS quantizes each query's lookup table to 8 bits, so near-ties may swap; re-rank if exact order matters |
-| `BinaryIndex` | `IndexBinaryFlat` (Hamming) | yes (ties may come back in another order) |
+- `PQIndex` (K <= 256, metric "ip" / "l2") -> `IndexPQ` (`METRIC_INNER_PRODUCT` /
+  `METRIC_L2`): exact, up to float32 rounding of the table sums.
+- `PQIndex` with K <= 16 -> `IndexPQFastScan` (4-bit codes, SIMD): approximate, because FAISS
+  quantizes each query's lookup table to 8 bits, so near-ties may swap; re-rank its candidates
+  if the exact order matters.
+- `BinaryIndex` -> `IndexBinaryFlat` (Hamming): exact (ties may come back in another order).
 
 Layouts (all checked by the tests):
 - PQ codes: K <= 16 uses `nbits = 4`, two codes per byte, code `m` in the low nibble of byte

@@ -47,10 +47,10 @@ def default_query_side(config) -> str:
     Falls back to `"soft_quantized"` (OPQN's probability table) when the config has none.
     """
     evals = config.get("evals") or {}
-    sides = [(bool(cfg.get("final", False)), cfg.get("query_side")) for cfg in evals.values()]
-    for final, side in sorted(sides, key=lambda s: not s[0]):  # final evaluators first
-        if side:
-            return side
+    cfgs = sorted(evals.values(), key=lambda cfg: not cfg.get("final", False))  # final first
+    for cfg in cfgs:
+        if cfg.get("query_side"):
+            return cfg.get("query_side")
     return "soft_quantized"
 
 
@@ -243,6 +243,10 @@ class Retriever:
                 f"{info.get('format_version')!r}; upgrade dpq_jax."
             )
         saved_step = int(info["checkpoint_step"])
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))):
+            raise ValueError(
+                f"step must be an int checkpoint step or None (the file's own), got {step!r}."
+            )
         if step is not None and int(step) != saved_step:
             raise ValueError(
                 f"{str(path)!r} holds codes of checkpoint step {saved_step}, not {step}; "

@@ -1,0 +1,143 @@
+r"""OPQN cross-domain / unseen identities: train on VGGFace2, search another face set at 112×112.
+
+Data (OPQN's ImageFolder layout, one sub-folder per identity), under one folder, by default
+`~/tensorflow_datasets/downloads/manual/`:
+
+  vggface2/cross_train/<id>/*.jpg, vggface2/cross_test/<id>/*.jpg   (the DCDH/OPQN subset)
+  <target>/train/<id>/*.jpg, <target>/test/<id>/*.jpg               (the target face set)
+
+`dpq_jax.data.image_folder.load_cross_domain` stores both at 120×120 (JPEG, read lazily) and
+joins them into one source (`vggface2_to_<target>`). Protocol `faces_unseen`: train on the
+VGGFace2 `cross_train` identities; database = target train, queries = target test (no target
+identity is seen in training); validation = held-out VGGFace2 identities.
+
+Recipe (OPQN, METHODS §1): SphereFace-20 at 112×112 (strides 2,2,2,2), D = M·K with K = 256
+(`config_lib.opqn_shape`), fixed orthonormal DCT codebooks, subspace CosFace s = 40, m = 0.5,
+entropy μ = 0.1, SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, 160 epochs, ×0.5 every
+20 epochs. The cross-domain recipe uses centre crops and no flip, also in training; inputs are
+normalised to [−1, 1].
+
+The epoch counts become steps with `train_images` (the trainer prints the train split size on
+start; pass it as `:train_images=N`).
+
+Run (GPU needed):
+
+  dpq-train --config=configs/faces_unseen_opqn.py:bits=64,target=facescrub \
+      --workdir=workdirs/unseen_facescrub_64
+
+Arguments: `bits` (16, 24, 32, 48, 64), `target` (facescrub | cfw60k | youtube_faces),
+`train_images`, `runlocal` (tiny).
+
+Expected: not yet reproduced here (no data on the project machines); OPQN reports that its
+orthonormal codewords generalise better to unseen identities than learned ones.
+"""
+
+import math
+
+import ml_collections
+
+from dpq_jax import config_lib
+
+TARGETS = ("facescrub", "cfw60k", "youtube_faces")
+TRAIN_IMAGES_ESTIMATE = 90000  # override with train_images=N
+
+
+def get_config(arg=None):
+    arg = config_lib.parse_arg(arg, bits=64, target="facescrub", train_images=0, runlocal=False)
+    if arg.target not in TARGETS:
+        raise ValueError(f"target={arg.target!r}; choose one of {TARGETS}.")
+    num_codebooks, codebook_size = config_lib.opqn_shape(arg.bits)
+    batch_size = 256
+    steps_per_epoch = math.ceil((arg.train_images or TRAIN_IMAGES_ESTIMATE) / batch_size)
+
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.protocol = "faces_unseen"
+
+    config.input = ml_collections.ConfigDict()
+    config.input.dataset = f"vggface2_to_{arg.target}"
+    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
+    config.input.batch_size = batch_size
+    config.input.eval_batch_size = 256
+    norm = "value_range(0,1)|normalize((0.5,0.5,0.5),(0.5,0.5,0.5))"
+    # Stored at 120×120 (OPQN resizes to 120); cross-domain training uses centre crops only.
+    config.input.pp_train = f"center_crop(112,112)|{norm}"
+    config.input.pp_eval = f"center_crop(112,112)|{norm}"
+    config.input.prefetch = 4
+
+    config.total_steps = 160 * steps_per_epoch
+
+    config.method = "opqn"
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = ml_collections.ConfigDict(
+        {"name": "sphereface20", "input_size": 112, "width_multiplier": 1.0}
+    )
+    config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
+    config.model.head = ml_collections.ConfigDict()
+    config.model.head.name = "opqn"
+    config.model.head.num_codebooks = num_codebooks
+    config.model.head.codebook_size = codebook_size
+    config.model.head.codebook_init = "dct"
+    config.model.head.seed = 0
+    config.model.dtype = "float32"  # "bfloat16" on accelerators
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.scale = 40.0  # CosFace s for VGGFace2 and cross-domain models
+    config.loss.margin = 0.5
+    config.loss.entropy_weight = 0.1
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "sgd"
+    config.optim.lr = 0.1
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 5e-4
+    config.optim.decoupled_weight_decay = False
+    config.optim.schedule = "step"
+    config.optim.decay_steps = 20 * steps_per_epoch  # ×0.5 every 20 epochs
+    config.optim.decay_rate = 0.5
+    config.optim.warmup_steps = 0
+    config.optim.grad_clip_norm = 0.0
+
+    config.mesh_num_devices = -1
+    config.mesh_axis_types = "explicit"
+    config.log_training_steps = 100
+    config.ckpt_steps = 5 * steps_per_epoch
+    config.keep_ckpts = 2
+    config.select_on = "val/map@all"
+    config.raw_pixel_baseline = False  # the lazily read 112×112 source is too large to load
+    config.tensorboard = True
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.val = _retrieval_eval(
+        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False
+    )
+    config.evals.test = _retrieval_eval("query", "database", log_steps=0, final=True)
+
+    if arg.runlocal:
+        config.total_steps = 4
+        config.input.batch_size = 16
+        config.input.eval_batch_size = 16
+        config.log_training_steps = 2
+        config.ckpt_steps = 2
+        config.optim.decay_steps = 2
+        config.model.backbone.width_multiplier = 0.0625
+        config.evals.val.log_steps = 2
+        config.tensorboard = False
+    return config.lock()
+
+
+def _retrieval_eval(query, database, *, log_steps, final):
+    cfg = ml_collections.ConfigDict()
+    cfg.type = "retrieval"
+    cfg.query = query
+    cfg.database = database
+    cfg.query_side = "soft_quantized"
+    cfg.map_ks = (-1,)
+    cfg.precision_ks = (10,)  # precision@top-10 for the 112×112 sets
+    cfg.denominator = "relevant_in_topk"
+    cfg.empty = "zero"
+    cfg.ties = "stable"
+    cfg.log_steps = log_steps
+    cfg.final = final
+    return cfg
