@@ -324,6 +324,19 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     evaluators = _build_evaluators(
         config, method=method, graphdef=graphdef, source=source, splits=splits, mesh=mesh
     )
+    # Every number the evaluators log is tagged with its protocol and metric conventions.
+    writer.write(
+        start_step,
+        {
+            f"{name}/conventions": {
+                "protocol": config.protocol,
+                "query": ev.cfg.query,
+                "database": ev.cfg.database,
+                **ev.conventions,
+            }
+            for name, ev in evaluators.items()
+        },
+    )
     select_eval = select_on.split("/")[0] if select_on else None
     if select_eval and select_eval not in evaluators:
         raise ValueError(f"select_on={select_on!r} names no evaluator in config.evals.")

@@ -27,8 +27,11 @@ def _run_steps(devices, num_steps, config, batches):
             state, metrics = step_fn(state, parallel.put_batch(batch, mesh))
             losses.append(float(metrics["train/loss"]))
     chex.clear_trace_counter()
-    return losses, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))
-                    if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)]
+    return losses, [
+        np.asarray(x)
+        for x in jax.tree.leaves(jax.device_get(state))
+        if hasattr(x, "dtype") and np.issubdtype(x.dtype, np.floating)
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,13 @@ def test_train_writes_report_and_checkpoint(orl_data_dir, tmp_path):
     assert 0.0 < row["raw_pixels"]["map@all"] <= 1.0
     assert row["conventions"]["ties"] == "stable"
     assert (tmp_path / "pr_curve.png").stat().st_size > 0
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert any("train/loss" in json.loads(line) for line in lines)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in r for r in records)
+    tags = [r["test/conventions"] for r in records if "test/conventions" in r]
+    assert (
+        tags and tags[0]["protocol"] == "orl_seen" and tags[0]["denominator"] == "relevant_in_topk"
+    )
+    assert any("val/map@all" in r for r in records)  # validation ran on its own schedule
 
 
 def test_resume_reaches_same_parameters(orl_data_dir, tmp_path, monkeypatch):
