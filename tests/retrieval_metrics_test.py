@@ -1,5 +1,6 @@
 """Tests for dpq_jax.metrics.retrieval against the NumPy oracles and hand-worked cases."""
 
+import functools
 import itertools
 
 import jax
@@ -190,9 +191,10 @@ class ShardingTest(parameterized.TestCase):
         scores = _tied_scores(rng, 11, 37)
         ql, dl = rng.integers(0, 2, 11), rng.integers(0, 2, 37)
         mesh = make_mesh(8, devices=jax.devices("cpu"))
-        got = rm.map_from_scores(scores, ql, dl, k=10, mesh=mesh)
-        want = ref.retrieval_metrics(scores, ql, dl, map_ks=(10,), precision_ks=())["map@10"]
-        self.assertAlmostEqual(got, want, delta=1e-6)
+        # Float keys on the rank path, tie-aware (stable ties run sharded in the test above).
+        got = rm.map_from_scores(scores, ql, dl, k=10, mesh=mesh, ties="expected")
+        want = ref.retrieval_metrics(scores, ql, dl, map_ks=(10,), precision_ks=(), ties="expected")
+        self.assertAlmostEqual(got, want["map@10"], delta=1e-6)
 
 
 class HandWorkedTest(parameterized.TestCase):
@@ -231,12 +233,14 @@ class HandWorkedTest(parameterized.TestCase):
     def test_denominators(self):
         # Ranked relevance [1, 0, 0, 1], K = 2: one hit.
         scores, ql, dl = jnp.array([[4.0, 3.0, 2.0, 1.0]]), np.array([1]), np.array([1, 0, 0, 1])
-        rik = rm.map_from_scores(scores, ql, dl, k=2)
-        mrk = rm.map_from_scores(scores, ql, dl, k=2, denominator="min_relevant_k")
-        self.assertAlmostEqual(rik, 1.0, places=6)  # 1 / (1 hit)
-        self.assertAlmostEqual(mrk, 0.5, places=6)  # 1 / min(2 relevant, K = 2)
+        src, kw = rm.scores_source(scores), dict(map_ks=(-1, 2), precision_ks=())
+        rik = rm.retrieval_metrics(src, ql, dl, **kw)
+        mrk = rm.retrieval_metrics(src, ql, dl, denominator="min_relevant_k", **kw)
+        self.assertAlmostEqual(rik["map@2"], 1.0, places=6)  # 1 / (1 hit)
+        self.assertAlmostEqual(mrk["map@2"], 0.5, places=6)  # 1 / min(2 relevant, K = 2)
         # All: (1 + 2/4) / 2 under both denominators.
-        self.assertAlmostEqual(rm.map_from_scores(scores, ql, dl), 0.75, places=6)
+        self.assertAlmostEqual(rik["map@all"], 0.75, places=6)
+        self.assertAlmostEqual(mrk["map@all"], 0.75, places=6)
 
     def test_expected_cut_inside_tie_group(self):
         # Item 0 (relevant) first, then a 3-way tie holding 2 relevant items; K = 2.
@@ -264,8 +268,10 @@ class HandWorkedTest(parameterized.TestCase):
         scores, ql, dl = jnp.array([[2.0, 1.0], [2.0, 1.0]]), np.array([0, 5]), np.array([0, 1])
         self.assertAlmostEqual(rm.map_from_scores(scores, ql, dl), 0.5, places=6)
         self.assertAlmostEqual(rm.map_from_scores(scores, ql, dl, empty="skip"), 1.0, places=6)
-        res = rm.retrieval_metrics(rm.scores_source(scores[1:]), ql[1:], dl, empty="skip")
-        self.assertTrue(np.isnan(res["map@all"]))  # nothing left to average
+        res = rm.retrieval_metrics(
+            rm.scores_source(scores), np.array([5, 6]), dl, precision_ks=(), empty="skip"
+        )
+        self.assertTrue(np.isnan(res["map@all"]))  # no query has a relevant item: nothing left
 
     def test_k_larger_than_n_is_clipped(self):
         scores, ql, dl = jnp.array([[3.0, 2.0, 1.0]]), np.array([1]), np.array([0, 1, 1])
@@ -360,6 +366,99 @@ class HandWorkedTest(parameterized.TestCase):
             np.testing.assert_allclose(rm._harmonic_diff(start, m), want, rtol=1e-12)
 
 
+class RankStatsTest(parameterized.TestCase):
+    """The pure functions of the rank path against their NumPy twins."""
+
+    def test_order_keys_follow_float_order(self):
+        vals = np.array(
+            [-np.inf, -3e38, -2.0, -1e-38, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 1.0, 1.5, np.inf],
+            np.float32,
+        )
+        keys = np.asarray(jax.jit(rm.order_keys)(vals))
+        np.testing.assert_array_equal(keys, ref.order_keys(vals))
+        for a, b in itertools.product(range(len(vals)), repeat=2):
+            self.assertEqual(vals[a] < vals[b], keys[a] < keys[b])
+            self.assertEqual(vals[a] == vals[b], keys[a] == keys[b])  # -0.0 == 0.0
+        self.assertLess(keys.max(), np.iinfo(np.int32).max)  # int32 max is left for padding
+
+    @staticmethod
+    def _rank_case(rng, keys):
+        """Relevant index lists for 5 rows of 40 items, the last 3 of them padding."""
+        q, n, r = 5, 40, 16
+        keys[:, -3:] = np.iinfo(np.int32).max
+        num_rel = np.array([0, 3, 16, 9, 12], np.int32)
+        rel_idx = np.full((q, r), n, np.int32)
+        for i in range(q):
+            rel_idx[i, : num_rel[i]] = np.sort(rng.choice(n - 3, num_rel[i], replace=False))
+        return keys, rel_idx, num_rel
+
+    @parameterized.parameters(False, True)
+    def test_relevant_rank_stats_match_twin(self, expected):
+        # Float keys with heavy ties, padding (int32 max keys), a row without relevant items.
+        # A single search cell holds up to 16 relevant items: the bisection loop after the
+        # lifted steps runs (the other tests use many cells).
+        rng = np.random.default_rng(8)
+        keys = np.array(rm.order_keys(rng.integers(-3, 3, (5, 40)).astype(np.float32) / 2))
+        keys, rel_idx, num_rel = self._rank_case(rng, keys)
+        cuts = (1, 5, 17, 37)
+        stats = jax.jit(
+            functools.partial(rm.relevant_rank_stats, cuts=cuts, expected=expected, num_cells=1)
+        )
+        got = stats(jnp.asarray(keys), jnp.asarray(rel_idx), jnp.asarray(num_rel))
+        want = ref.relevant_rank_stats(keys, rel_idx, num_rel, cuts, expected)
+        self.assertSetEqual(set(want), set(got))
+        for k, v in want.items():
+            np.testing.assert_allclose(np.asarray(got[k], np.float64), v, atol=1e-5, err_msg=k)
+
+    def test_distance_rank_stats_match_twin(self):
+        # Distances 0..3 (heavy ties), blocks of 8 items; the twin ranks by (distance, index).
+        rng = np.random.default_rng(11)
+        keys, rel_idx, num_rel = self._rank_case(rng, rng.integers(0, 4, (5, 40)).astype(np.int32))
+        cuts = (1, 5, 17, 37)
+        stats = jax.jit(functools.partial(rm.distance_rank_stats, num_levels=4, block=8, cuts=cuts))
+        got = stats(jnp.asarray(keys), jnp.asarray(rel_idx), jnp.asarray(num_rel))
+        want = ref.relevant_rank_stats(keys, rel_idx, num_rel, cuts, False)
+        self.assertSetEqual(set(want), set(got))
+        for k, v in want.items():
+            np.testing.assert_allclose(np.asarray(got[k], np.float64), v, atol=1e-5, err_msg=k)
+        with self.assertRaisesRegex(ValueError, "must divide"):
+            rm.distance_rank_stats(keys, rel_idx, num_rel, num_levels=4, block=16, cuts=())
+
+    def test_expected_group_share_and_histograms(self):
+        # Groups past the 8 summed head ranks use the harmonic tail, at small and large A
+        # (far down the ranking the float32 tail is exact to ~1e-8 absolute, not relative).
+        cases = [(0, 1, 0, 1), (3, 5, 2, 2), (0, 40, 0, 7), (10**6, 30, 400, 30), (70, 9, 3, 1)]
+        got = jax.jit(rm.expected_group_share)(*(jnp.asarray(c) for c in zip(*cases)))
+        want = [ref.expected_group_share(*c) for c in cases]
+        np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=5e-8)
+        rng = np.random.default_rng(9)
+        dist, rel = rng.integers(0, 6, (3, 50)), rng.integers(0, 2, (3, 50)) > 0
+        valid = np.arange(50) < 47
+        tot, hit = jax.jit(rm.distance_histograms, static_argnums=3)(
+            jnp.asarray(dist, jnp.int32), jnp.asarray(rel), jnp.asarray(valid), 5
+        )
+        want_tot, want_hit = ref.distance_histograms(dist, rel, valid, 5)
+        np.testing.assert_array_equal(np.asarray(tot), want_tot)
+        np.testing.assert_array_equal(np.asarray(hit), want_hit)
+
+    def test_multilabel_scores_match_oracle(self):
+        # Multi-hot relevance on the rank path (relevant items compacted on device), heavy
+        # ties, a query without labels, N = 61 not a multiple of the chunk of 16. (Stable and
+        # random ties with multi-hot labels run in test_hamming_multilabel_matches_oracle.)
+        ties = "expected"
+        rng = np.random.default_rng(10)
+        q, n = 6, 61
+        scores = _tied_scores(rng, q, n, levels=5)
+        ql, dl = rng.integers(0, 2, (q, 3)), rng.integers(0, 2, (n, 3))
+        ql[4] = 0
+        kw = dict(map_ks=(-1, 7), precision_ks=(3,), recall_ks=(30,), ties=ties, seed=2)
+        got = rm.retrieval_metrics(
+            rm.scores_source(scores), ql, dl, query_chunk=4, db_chunk=16, **kw
+        )
+        want = ref.retrieval_metrics(scores, ql, dl, **kw)
+        _assert_close(self, got, want, want)
+
+
 class ValidationTest(parameterized.TestCase):
     def test_errors(self):
         s = rm.scores_source(np.zeros((2, 3), np.float32))
@@ -388,14 +487,16 @@ class ValidationTest(parameterized.TestCase):
             rm.hamming_source(np.array([[1]]), np.array([[0]]), num_bits=3)
 
     def test_format_metrics_states_conventions(self):
+        # The inputs of HandWorkedTest.test_expected_ties (mAP 17/24), whose kernel is reused.
         res = rm.retrieval_metrics(
-            rm.scores_source(np.array([[1.0, 0.0]])),
-            np.array([0]),
-            np.array([0, 1]),
+            rm.scores_source(jnp.array([[1.0, 1.0, 0.0]])),
+            np.array([1]),
+            np.array([0, 1, 1]),
+            precision_ks=(),
             ties="expected",
         )
         line = rm.format_metrics(res)
-        self.assertIn("map@all=1.0000", line)
+        self.assertIn("map@all=0.7083", line)
         self.assertIn("ties=expected", line)
         self.assertIn("empty=zero", line)
 

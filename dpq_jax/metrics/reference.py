@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -294,3 +295,89 @@ def pr_curve_rank(scores, rel, cutoffs, ties="stable", seed=0, empty="zero"):
         precs.append(_mean(h / _clip(k, n), has, empty))
         recs.append(_mean(np.where(has, h / np.maximum(R, 1), 0.0), has, empty))
     return np.asarray(precs), np.asarray(recs)
+
+
+def order_keys(values) -> np.ndarray:
+    """int32 keys in the order of the float32 values, from their IEEE-754 bits."""
+    flat = np.asarray(values, np.float32).ravel()
+    out = np.empty(flat.shape, np.int64)
+    for i, v in enumerate(flat):
+        v = 0.0 if v == 0 else float(v)  # -0.0 == +0.0
+        (bits,) = struct.unpack("<I", struct.pack("<f", v))
+        magnitude = bits & 0x7FFFFFFF  # exponent and mantissa grow with |v|
+        # Positive values keep their magnitude bits; a negative value of larger magnitude is
+        # smaller, so it maps further below zero.
+        out[i] = magnitude if v >= 0 else -1 - magnitude
+    return out.reshape(np.shape(values)).astype(np.int32)
+
+
+def distance_histograms(dist, rel, valid, num_bits):
+    """([q, b+1], [q, b+1]): counts of valid items, and of valid relevant items, per distance."""
+    dist, rel, valid = np.asarray(dist), np.asarray(rel), np.asarray(valid)
+    tot = np.zeros((dist.shape[0], num_bits + 1), np.int64)
+    hit = np.zeros_like(tot)
+    for i in range(dist.shape[0]):
+        for n in range(dist.shape[1]):
+            if valid[n]:
+                tot[i, dist[i, n]] += 1
+                hit[i, dist[i, n]] += int(bool(rel[i, n]))
+    return tot, hit
+
+
+def expected_group_share(above, size, rel_above, rel_in) -> float:
+    """(1 / t) sum_{p=1}^{t} E[rel * precision] / (r / t) at rank A + p, in exact fractions."""
+    A, t, a, r = int(above), int(size), int(rel_above), int(rel_in)
+    total = Fraction(0)
+    for p in range(1, t + 1):
+        before = Fraction((p - 1) * (r - 1), t - 1) if t > 1 else Fraction(0)
+        total += (a + 1 + before) / Fraction(A + p)
+    return float(total / t)
+
+
+def relevant_rank_stats(keys, rel_idx, num_rel, cuts, expected) -> dict[str, np.ndarray]:
+    """Twin of `retrieval.relevant_rank_stats` (and, stable, of `distance_rank_stats`).
+
+    Every item of each row is ranked explicitly.
+
+    Items are ordered by (key, index); a row's relevant items are rel_idx[q, :num_rel[q]].
+    """
+    keys = np.asarray(keys)
+    q, n = keys.shape
+    out = {k: [] for k in ("R", "ap_sum", "hits", "S", "A", "t", "a", "trel", "S_above")}
+    for i in range(q):
+        rel = [0] * n
+        for j in range(int(num_rel[i])):
+            rel[int(rel_idx[i][j])] = 1
+        order = sorted(range(n), key=lambda m, i=i: (int(keys[i, m]), m))
+        ranked = [rel[m] for m in order]
+        out["R"].append(sum(rel))
+        if not expected:
+            hits = list(itertools.accumulate(ranked))
+            prec = [hits[p] / (p + 1) if ranked[p] else 0.0 for p in range(n)]
+            out["ap_sum"].append(sum(prec))
+            out["hits"].append([hits[K - 1] for K in cuts])
+            out["S"].append([sum(prec[:K]) for K in cuts])
+            continue
+        groups = {}  # key -> (t, r), walked in ascending key order
+        for m in range(n):
+            t, r = groups.get(int(keys[i, m]), (0, 0))
+            groups[int(keys[i, m])] = (t + 1, r + rel[m])
+        A = a = 0
+        s_groups, rows = [], []
+        for key in sorted(groups):
+            t, r = groups[key]
+            share = expected_group_share(A, t, a, r) if r else 0.0
+            s_groups.append(r * share)
+            rows.append((A, t, a, r, sum(s_groups[:-1])))
+            A, a = A + t, a + r
+        out["ap_sum"].append(sum(s_groups))
+        cut_rows = []
+        for K in cuts:
+            hit = [row for row in rows if row[0] < K <= row[0] + row[1]]
+            A_k, t_k, a_k, r_k, s_k = hit[0]
+            if r_k == 0:  # rank K in a group without relevant items
+                A_k, t_k = K - 1, 1
+            cut_rows.append((A_k, t_k, a_k, r_k, s_k))
+        for name, col in zip(("A", "t", "a", "trel", "S_above"), zip(*cut_rows)):
+            out[name].append(list(col))
+    return {k: np.asarray(v, np.float64) for k, v in out.items() if v}

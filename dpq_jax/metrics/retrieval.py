@@ -21,27 +21,36 @@ Every convention is an explicit option, recorded in the `conventions` entry of e
 Scores come from a `ScoreSource` (dense features, ADC over PQ codes, packed-bit Hamming, or a
 precomputed score matrix); higher scores rank first, distances are negated.
 
-Algorithms (all exact; nothing of size Q x N ever reaches the host):
+Algorithms (all exact; nothing of size Q x N ever reaches the host; no database sort):
 
-* **Sort path** (any source, any tie rule). Queries are processed in chunks inside one jitted
-  `lax.map`; for each chunk the database is streamed in chunks of `db_chunk` items (`lax.scan`)
-  to build the score rows, which are sorted once on device (`lax.sort`, stable; ties by index,
-  or by the random permutation applied to the database beforehand). Prefix sums over the ranked
-  relevance give AP@all, AP@K, hits@K; for `"expected"`, tie groups are found on the sorted row
-  (`cummax`/`cummin` of group boundaries) and the McSherry-Najork per-position expectation is
-  summed. Cost O(Q N log N) time, O(query_chunk x N) device memory per device. Hamming
-  distances are packed above the database index into one int32 key (`distance << 24 | index`,
-  for b <= 126 and N <= 2**24), so a single-operand integer sort gives the stable order; float
-  scores use a (key, index) pair sort.
+* **Rank path** (`ties="stable"` and `"random"` for every source, `"expected"` for
+  non-Hamming sources). AP and every cut-off metric only need, for each relevant item, how
+  many items rank before it. Queries are processed in chunks inside one jitted `lax.map`; for
+  each chunk the database is streamed in chunks of `db_chunk` items (`lax.scan`) to build rows
+  of int32 sort keys (`order_keys` of the negated float32 scores, equal keys iff equal scores,
+  or the Hamming distance). A query's R relevant items are a slice of the label-sorted
+  database (class ids) or are compacted on device (multi-hot labels), then sorted by (key,
+  index) — R is usually far below N. Float keys (`relevant_rank_stats`): every database item
+  finds, by a short binary search inside a cell of a monotone bucketing of the keys, how many
+  relevant items rank before it; a histogram of those counts, cumulated, is the rank of each
+  relevant item. For `"expected"` the count is taken on keys only, plus a "tied with a
+  relevant item" bit, which gives each relevant tie group's A (items strictly before) and t
+  (its size). Hamming distances (`distance_rank_stats`): the stable rank is the number of
+  items at smaller distances plus those at the same distance with a smaller index, read from
+  per-block distance histograms and, inside the item's own block, a direct count. Random ties
+  rank by the seeded permutation applied to the database beforehand. Cost O(N log(cell
+  occupancy) + R log R) or O(N + R * block) per query, O(query_chunk x N) device memory. No
+  (key, index) sort of all N scores: on XLA:CPU it made PQ mAP 4x slower than NumPy.
 * **Histogram path** (Hamming source with `ties="expected"`, and every Hamming-radius metric).
-  Distances take only b+1 values, so per-query counts of all items and of relevant items at each
-  distance (streamed over database chunks, O(query_chunk x (b+1)) memory, no sort) determine
-  every tie-aware metric in closed form. Cost O(Q N (b+1)) simple integer work.
+  Distances take only b+1 values, so per-query counts of all items and of relevant items at
+  each distance (scatter-adds streamed over database chunks, O(query_chunk x (b+1)) memory)
+  determine every tie-aware metric in closed form. Cost O(Q N) simple integer work.
 
-The last step, from per-query counts and partial sums to metric values, runs on the host in
-float64 NumPy over arrays of size Q x (number of cut-offs): it needs the hypergeometric law of
-the hits inside a cut tie group and harmonic-number differences, which float32 cannot hold for
-N up to 10M (JAX x64 is off).
+On the rank path, AP@all sums are accumulated on device in float32. The last step for
+cut-offs (and for everything on the histogram path), from per-query counts and partial sums
+to metric values, runs on the host in float64 NumPy over arrays of size Q x (number of
+cut-offs): it needs the hypergeometric law of the hits inside a cut tie group and
+harmonic-number differences, which float32 cannot hold for N up to 10M (JAX x64 is off).
 
 With a mesh (`dpq_jax.parallel.make_mesh`), queries are padded to a multiple of the device
 count and split over the "data" axis with `jax.shard_map`; each device ranks its query rows
@@ -81,16 +90,18 @@ SOURCE_KINDS = ("dense_ip", "dense_neg_l2", "adc", "hamming", "scores")
 # Packed histogram counters hold the chunk's total count in the low 16 bits and its relevant
 # count in the high bits of one int32, so a Hamming database chunk must stay below 2**15 items.
 MAX_HAMMING_DB_CHUNK = 32767
-_DEFAULT_DB_CHUNK = 16384
+_DEFAULT_DB_CHUNK = 8192
 # Elements of one query-chunk working set: rank path (key row, search state and gathers, about
 # 32 bytes per item, plus per-relevant-slot arrays) and histogram path (query, item) pairs per
 # scan step.
-_ROW_BUDGET = {"cpu": 1 << 20, "default": 1 << 25}
+_ROW_BUDGET = {"cpu": 1 << 18, "default": 1 << 25}
 _PAIR_BUDGET = {"cpu": 1 << 22, "default": 1 << 23}
 # Search cells per relevant slot in the rank path: more cells mean shorter binary searches.
-_CELLS_PER_RELEVANT = 2
-# Binary-search steps done without a loop (cells of up to 2**4 - 1 relevant items need no loop).
-_SEARCH_STEPS = 4
+_CELLS_PER_RELEVANT = 4
+# Ranks of a tie group summed term by term before the closed-form tail (expected ties).
+_SHARE_HEAD = 8
+# Binary-search steps done without a loop (cells of up to 2**3 - 1 relevant items need no loop).
+_SEARCH_STEPS = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +343,7 @@ def adc_scores(luts: Float[Array, "q m k"], codes: Shaped[Array, "n m"]) -> Floa
 
     Args:
       luts: [q, M, K] float32 lookup tables.
-      codes: [n, M] integer codes in [0, K).
+      codes: [n, M] integer codes in [0, K) (values outside are clamped into it).
 
     Returns:
       [q, n] float32 scores.
@@ -340,10 +351,14 @@ def adc_scores(luts: Float[Array, "q m k"], codes: Shaped[Array, "n m"]) -> Floa
     References:
       Jegou et al., TPAMI 2011, Sec. IV-A, Eq. 13.
     """
-    codes = codes.astype(jnp.int32)
-    out = jnp.take(luts[:, 0, :], codes[:, 0], axis=1)  # [q, n]
-    for m in range(1, luts.shape[1]):  # M is small and static; fixed order keeps sums exact
-        out = out + jnp.take(luts[:, m, :], codes[:, m], axis=1)
+    q, num_m, k = luts.shape
+    flat = luts.reshape(q, num_m * k)
+    # Codes are checked to lie in [0, K) when a source is built, so a clamped gather (much
+    # faster on XLA:CPU than the bounds-filled default) never changes a value.
+    idx = codes.astype(jnp.int32) + k * jnp.arange(num_m, dtype=jnp.int32)  # [n, M]
+    out = jnp.take(flat, idx[:, 0], axis=1, mode="clip")  # [q, n]
+    for m in range(1, num_m):  # M is small and static; fixed order keeps sums exact
+        out = out + jnp.take(flat, idx[:, m], axis=1, mode="clip")
     return out.astype(jnp.float32)
 
 
@@ -428,9 +443,10 @@ def order_keys(values: Float[Array, "*s"]) -> Int[Array, "*s"]:
       >>> order_keys(jnp.array([-2.0, -0.0, 0.0, 1.5])).tolist()
       [-1073741825, 0, 0, 1069547520]
     """
-    v = jnp.asarray(values).astype(jnp.float32)
-    v = jnp.where(v == 0, jnp.float32(0), v)
-    bits = lax.bitcast_convert_type(v, jnp.int32)
+    bits = lax.bitcast_convert_type(jnp.asarray(values).astype(jnp.float32), jnp.int32)
+    # -0.0 is the bit pattern int32 min; comparing bits (not floats) keeps subnormals exact
+    # where XLA:CPU would flush them to zero.
+    bits = jnp.where(bits == jnp.iinfo(jnp.int32).min, 0, bits)
     # Negative floats: larger magnitude bits mean smaller values, so flip the magnitude bits.
     return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
@@ -465,11 +481,10 @@ def _harmonic_diff_f32(x, m):
     )
 
 
-_SHARE_HEAD = 8  # ranks of a tie group summed term by term before the closed-form tail
-
-
 def expected_group_share(
-    above: Int[Array, "*s"], size: Int[Array, "*s"], rel_above: Int[Array, "*s"],
+    above: Int[Array, "*s"],
+    size: Int[Array, "*s"],
+    rel_above: Int[Array, "*s"],
     rel_in: Int[Array, "*s"],
 ) -> Float[Array, "*s"]:
     """Expected precision summed over a tie group's ranks, per relevant item of the group.
@@ -508,24 +523,12 @@ def expected_group_share(
     return (head + tail) / t
 
 
-def _cell_fn(rk, num_rel, n, num_cells, levels, by_index):
-    """Monotone bucketing of (key, index) pairs into cells: (cell(k, idx, row_of), #cells).
+def _cell_fn(rk, num_rel, num_cells):
+    """Monotone bucketing of float-derived keys into cells: (cell(k, row_of), #cells).
 
-    `row_of(x)` spreads a per-query [q, 1] value to the shape of k (1-D per-item arrays).
+    Equal-width cells over [first, last] relevant value; keys outside go to the end cells.
+    `row_of(x)` spreads a per-query [q, 1] value to the shape of k.
     """
-    if levels is not None:
-        # Integer keys 0..levels-1 (Hamming distances): one cell per (distance, index range),
-        # or per distance when only keys are compared.
-        per = max(1, num_cells // levels) if by_index else 1
-        width = -(-n // per)
-
-        def cell(k, idx, row_of):
-            del row_of
-            inner = k * per + (idx // width if per > 1 else 0)
-            return jnp.where(k >= levels, levels * per - 1, inner)  # padding after all
-
-        return cell, levels * per
-    # Float keys: equal-width cells over [first, last] relevant value; outside -> end cells.
     k_lo = rk[:, :1]
     k_hi = jnp.take_along_axis(rk, jnp.maximum(num_rel - 1, 0)[:, None], axis=1)
     v_lo = _key_values(k_lo)
@@ -534,8 +537,7 @@ def _cell_fn(rk, num_rel, n, num_cells, levels, by_index):
     ok = jnp.isfinite(span) & (span > 0) & jnp.isfinite(scale)
     scale = jnp.where(ok, scale, 0.0)
 
-    def cell(k, idx, row_of):
-        del idx
+    def cell(k, row_of):
         lo, hi = row_of(k_lo), row_of(k_hi)
         pos = jnp.clip((_key_values(k) - row_of(v_lo)) * row_of(scale), 0, num_cells - 1)
         pos = jnp.where(row_of(ok) & (k > lo) & (k < hi), pos, 0.0).astype(jnp.int32)
@@ -552,12 +554,11 @@ def relevant_rank_stats(
     cuts: tuple[int, ...],
     expected: bool,
     num_cells: int,
-    levels: int | None = None,
 ) -> dict[str, Array]:
     """Rank statistics of each query's relevant items, without sorting the database.
 
-    Ranking is by ascending key, ties by database index (`expected=False`; pass permuted
-    indices for random ties) or averaged over all tie orders (`expected=True`). AP and the
+    Ranking is by ascending key, ties by database index (`expected=False`; permute the
+    database for random ties) or averaged over all tie orders (`expected=True`). AP and the
     cut-off metrics only need, per relevant item, how many items rank before it, so:
 
     1. the R relevant items are sorted by (key, index) — R is usually much smaller than N;
@@ -573,16 +574,15 @@ def relevant_rank_stats(
     Cost per query: O(N log(cell occupancy) + R log R), O(N + R) memory.
 
     Args:
-      keys: [q, n] int32 ascending sort keys (`order_keys` of negated scores, or distances);
-        padding items hold int32 max, real items less.
+      keys: [q, n] int32 ascending sort keys (`order_keys` of negated scores); padding items
+        hold int32 max, real items less.
       rel_idx: [q, r] int32 database indices of each query's relevant items, ascending;
         entries from `num_rel[q]` on are ignored.
       num_rel: [q] int32, R per query (<= r).
       cuts: rank cut-offs K, each >= 1.
       expected: tie-aware (expected) statistics instead of index-stable ranks.
-      num_cells: number of search cells (about 2 r is a good choice).
-      levels: if keys are integers in [0, levels) (Hamming distances), bucket by (key, index
-        range) exactly; None for keys from floats.
+      num_cells: number of search cells (a few times r: more cells, shorter searches, larger
+        tables).
 
     Returns:
       Dict of per-query arrays, as consumed by the float64 finish: `R` [q] and `ap_sum` [q]
@@ -620,12 +620,12 @@ def relevant_rank_stats(
         m = table.shape[1]
         return jnp.take(table.reshape(-1), row1 * m + jnp.clip(idx, 0, m - 1), mode="clip")
 
-    cell, g = _cell_fn(rk, num_rel, n, num_cells, levels, by_index=not expected)
-    per_cell = _row_bincount(jnp.where(live, cell(rk, ri, lambda x: x), g), g + 1)
+    cell, g = _cell_fn(rk, num_rel, num_cells)
+    per_cell = _row_bincount(jnp.where(live, cell(rk, lambda x: x), g), g + 1)
     first = jnp.concatenate(
         [jnp.zeros((qn, 1), jnp.int32), jnp.cumsum(per_cell[:, :g], axis=1)], axis=1
     )  # [q, g+1]: relevant slots before each cell
-    c = cell(key1, item1, row_of)
+    c = cell(key1, row_of)
     lo, hi = take(first, c), take(first, c + 1)
     if expected:
         before = lambda mid: take(rk, mid) < key1  # noqa: E731
@@ -635,40 +635,39 @@ def relevant_rank_stats(
             mk = take(rk, mid)
             return (mk < key1) | ((mk == key1) & (take(ri, mid) < item1))
 
-    def lift(lo, hi):
-        # Binary lifting keeps one array of state, so the steps fuse into one pass over the
-        # items; exact while hi - lo < 2**_SEARCH_STEPS.
-        base = lo
-        for e in reversed(range(_SEARCH_STEPS)):
-            cand = base + (1 << e)
-            base = jnp.where((cand <= hi) & before(cand - 1), cand, base)
-        return base
+    def step(state):  # one bisection step on [lo, hi)
+        lo, hi = state
+        active = lo < hi
+        mid = (lo + hi) >> 1
+        b = before(mid)
+        return jnp.where(active & b, mid + 1, lo), jnp.where(active & ~b, mid, hi)
 
-    def bisect(lo, hi):  # any width (many relevant items in one cell); a loop step is a pass
-        def step(state):
-            lo, hi = state
-            active = lo < hi
-            mid = (lo + hi) >> 1
-            b = before(mid)
-            return jnp.where(active & b, mid + 1, lo), jnp.where(active & ~b, mid, hi)
+    # gap: number of relevant items ranked strictly before the item. Binary lifting first:
+    # its state is one array, so its steps fuse into one pass over the items, and it is exact
+    # when the cell holds fewer than 2**_SEARCH_STEPS relevant items. Items in fuller cells
+    # (heavy ties) finish with a bisection loop, which is skipped when none is left.
+    steps = min(_SEARCH_STEPS, r.bit_length())  # r < 2**steps: the lifting alone is exact
+    gap = lo
+    for e in reversed(range(steps)):
+        cand = gap + (1 << e)
+        gap = jnp.where((cand <= hi) & before(cand - 1), cand, gap)
+    if r >= 1 << steps:
+        more = (gap == lo + (1 << steps) - 1) & (gap < hi)  # the lifting saturated
 
-        return lax.while_loop(lambda s: jnp.any(s[0] < s[1]), step, (lo, hi))[0]
+        def finish(state):
+            return lax.while_loop(lambda s: jnp.any(s[0] < s[1]), step, state)[0]
 
-    # gap: number of relevant items ranked strictly before the item.
-    gap = lax.cond(jnp.any(hi - lo >= (1 << _SEARCH_STEPS)), bisect, lift, lo, hi)
+        # The conditional keeps the loop (and its copies of the state) off the common path.
+        state = (gap, jnp.where(more, hi, gap))
+        gap = lax.cond(jnp.any(more), finish, lambda s: s[0], state)
 
-    kk = jnp.asarray(cuts, jnp.int32).reshape(1, -1, 1)  # [1, c, 1]
-    out = {"R": num_rel}
-    f32 = jnp.float32
     if not expected:
         # rank_j = #items with gap <= j (itself included): its 1-based stable rank.
         rank = jnp.cumsum(_row_bincount(gap.reshape(qn, n), r + 1), axis=1)[:, :r]
-        terms = jnp.where(live, (slot + 1).astype(f32) / jnp.maximum(rank, 1).astype(f32), 0.0)
-        out["ap_sum"] = jnp.sum(terms, axis=1)
-        inside = live[:, None, :] & (rank[:, None, :] <= kk)  # [q, c, r]
-        out["hits"] = jnp.sum(inside, axis=2, dtype=jnp.int32)
-        out["S"] = jnp.sum(jnp.where(inside, terms[:, None, :], 0.0), axis=2)
-        return out
+        return _stable_stats(rank, num_rel, cuts)
+
+    kk = jnp.asarray(cuts, jnp.int32).reshape(1, -1, 1)  # [1, c, 1]
+    out = {"R": num_rel}
 
     tied = (gap < row_of(num_rel[:, None])) & (take(rk, gap) == key1)
     pos = (2 * gap + tied).reshape(qn, n)
@@ -698,6 +697,112 @@ def relevant_rank_stats(
     return out
 
 
+def _stable_stats(rank, num_rel, cuts):
+    """AP numerator and cut statistics from the 1-based ranks [q, r] of the sorted relevant."""
+    f32 = jnp.float32
+    slot = lax.broadcasted_iota(jnp.int32, rank.shape, 1)
+    live = slot < num_rel[:, None]
+    # Relevant slot j is the (j+1)-th hit: precision at its rank is (j + 1) / rank_j.
+    terms = jnp.where(live, (slot + 1).astype(f32) / jnp.maximum(rank, 1).astype(f32), 0.0)
+    kk = jnp.asarray(cuts, jnp.int32).reshape(1, -1, 1)  # [1, c, 1]
+    inside = live[:, None, :] & (rank[:, None, :] <= kk)  # [q, c, r]
+    return {
+        "R": num_rel,
+        "ap_sum": jnp.sum(terms, axis=1),
+        "hits": jnp.sum(inside, axis=2, dtype=jnp.int32),
+        "S": jnp.sum(jnp.where(inside, terms[:, None, :], 0.0), axis=2),
+    }
+
+
+def distance_rank_stats(
+    dist: Int[Array, "q n"],
+    rel_idx: Int[Array, "q r"],
+    num_rel: Int[Array, " q"],
+    *,
+    num_levels: int,
+    block: int,
+    cuts: tuple[int, ...],
+) -> dict[str, Array]:
+    """Index-stable rank statistics of each query's relevant items from small integer keys.
+
+    For Hamming distances (b + 1 levels): the stable rank of a relevant item at distance d and
+    database index i is 1 + (#items at distances < d) + (#items at distance d with index < i).
+    Both counts come from per-block histograms of the distances (blocks of `block` items in
+    index order, cumulated over blocks) plus, inside the item's own block, a direct count over
+    its `block` items. Cost per query O(N + (N / block) (b + 1) + R * block); no sort of the
+    database, no search.
+
+    Args:
+      dist: [q, n] int32 distances in [0, num_levels); padding items hold num_levels or more.
+      rel_idx: [q, r] int32 database indices of each query's relevant items, ascending;
+        entries from `num_rel[q]` on are ignored.
+      num_rel: [q] int32, R per query (<= r).
+      num_levels: b + 1.
+      block: items per block; must divide n.
+      cuts: rank cut-offs K, each >= 1.
+
+    Returns:
+      As `relevant_rank_stats` with expected=False: `R`, `ap_sum` [q], `hits`, `S` [q, c].
+
+    Raises:
+      ValueError: `block` does not divide n.
+    """
+    qn, n = dist.shape
+    r = rel_idx.shape[1]
+    if n % block:
+        raise ValueError(f"block={block} must divide the number of items {n}.")
+    nblk = n // block
+    imax = jnp.iinfo(jnp.int32).max
+    slot = lax.broadcasted_iota(jnp.int32, (qn, r), 1)
+    live = slot < num_rel[:, None]
+    item = lax.broadcasted_iota(jnp.int32, (qn, n), 1)
+    # hist[q, k, d]: items of block k at distance d; before[q, k, d]: in blocks before k.
+    hist = _row_bincount(
+        jnp.where(dist < num_levels, (item // block) * num_levels + dist, -1), nblk * num_levels
+    ).reshape(qn, nblk, num_levels)
+    before = (jnp.cumsum(hist, axis=1) - hist).reshape(qn, nblk * num_levels)
+    per_level = jnp.sum(hist, axis=1)  # [q, L]
+    closer = jnp.cumsum(per_level, axis=1) - per_level  # items at smaller distances
+
+    def take(table, idx):  # table[q, idx] with idx clamped (fast flat gather)
+        rows = lax.broadcasted_iota(jnp.int32, idx.shape, 0)
+        m = table.shape[1]
+        return jnp.take(table.reshape(-1), rows * m + jnp.clip(idx, 0, m - 1), mode="clip")
+
+    ri = jnp.where(live, rel_idx, 0)
+    d = jnp.where(live, take(dist, ri), imax)
+    # Rank order of the relevant items: by (distance, index).
+    if num_levels < 128 and n < 1 << 24:
+        packed = lax.sort(jnp.where(live, (d << 24) | ri, imax), dimension=1)  # one int32 key
+        d, ri = packed >> 24, packed & 0xFFFFFF
+    else:
+        d, ri = lax.sort((d, ri), dimension=1, num_keys=2)
+    d, ri = jnp.where(live, d, 0), jnp.where(live, ri, 0)
+    blk = ri // block
+    pos = jnp.arange(block, dtype=jnp.int32)
+
+    def within(d, ri):  # [q, m] -> same-distance items of the own block with a smaller index
+        start = (ri // block) * block
+        own = take(dist, (start[:, :, None] + pos).reshape(qn, -1)).reshape(qn, -1, block)
+        earlier = pos < (ri - start)[:, :, None]
+        return jnp.sum((own == d[:, :, None]) & earlier, axis=2, dtype=jnp.int32)
+
+    # [q, r, block] at a time would hold r * block items: beyond a few rows' worth, loop over
+    # slices of the relevant slots.
+    step = max(1, min(r, 4 * n // block))
+    if step >= r:
+        own_counts = within(d, ri)
+    else:
+        m = -(-r // step) * step
+        parts = [jnp.pad(x, ((0, 0), (0, m - r))).reshape(qn, m // step, step) for x in (d, ri)]
+        own_counts = lax.map(
+            lambda a: within(a[0], a[1]), tuple(jnp.moveaxis(x, 1, 0) for x in parts)
+        )
+        own_counts = jnp.moveaxis(own_counts, 0, 1).reshape(qn, m)[:, :r]
+    rank = take(closer, d) + take(before, blk * num_levels + d) + own_counts + 1
+    return _stable_stats(rank, num_rel, cuts)
+
+
 # ---------------------------------------------------------------------------------------------
 # Jitted kernels.
 # ---------------------------------------------------------------------------------------------
@@ -717,7 +822,8 @@ class _Plan:
     db_chunk: int
     num_db_chunks: int
     rel_cap: int  # r: relevant slots per query (rank path)
-    num_cells: int
+    num_cells: int  # search cells (rank path, float keys)
+    block: int  # items per distance-histogram block (rank path, Hamming)
     mesh: Any
 
 
@@ -733,6 +839,14 @@ def _block_keys(plan: _Plan, qd, xd):
     else:
         s = dense_scores(qd, xd, "ip" if plan.kind == "dense_ip" else "neg_l2")
     return order_keys(s if plan.negate else -s), ~jnp.isfinite(s)
+
+
+def _scan(body, init, xs):
+    """`lax.scan`, or a plain call for a single step (small inputs compile faster)."""
+    if jax.tree.leaves(xs)[0].shape[0] == 1:
+        carry, ys = body(init, jax.tree.map(lambda x: x[0], xs))
+        return carry, jax.tree.map(lambda y: y[None], ys)
+    return lax.scan(body, init, xs)
 
 
 def _rank_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
@@ -751,7 +865,7 @@ def _rank_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
         return bad, (key, rel)
 
     xs = (xd, xl, xv, chunk_ids)
-    bad, (keys, rels) = lax.scan(body, jnp.zeros((qc,), jnp.int32), xs)
+    bad, (keys, rels) = _scan(body, jnp.zeros((qc,), jnp.int32), xs)
     keys = jnp.moveaxis(keys, 0, 1).reshape(qc, n_pad)
     if plan.multi_label:
         rels = jnp.moveaxis(rels, 0, 1).reshape(qc, n_pad) > 0
@@ -768,15 +882,24 @@ def _rank_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
         # sorted by (label, index), precomputed on the host.
         num_rel = q_count
         rel_idx = jnp.take(db_order, q_start[:, None] + jnp.arange(r, dtype=jnp.int32)[None])
-    out = relevant_rank_stats(
-        keys,
-        rel_idx,
-        num_rel,
-        cuts=plan.cuts,
-        expected=plan.expected,
-        num_cells=plan.num_cells,
-        levels=plan.num_bits + 1 if plan.kind == "hamming" else None,
-    )
+    if plan.kind == "hamming":  # stable or random ties (expected ones take the histograms)
+        out = distance_rank_stats(
+            keys,
+            rel_idx,
+            num_rel,
+            num_levels=plan.num_bits + 1,
+            block=plan.block,
+            cuts=plan.cuts,
+        )
+    else:
+        out = relevant_rank_stats(
+            keys,
+            rel_idx,
+            num_rel,
+            cuts=plan.cuts,
+            expected=plan.expected,
+            num_cells=plan.num_cells,
+        )
     out["bad"] = bad
     return out
 
@@ -792,7 +915,7 @@ def _hist_chunk(plan: _Plan, qd, ql, xd, xl, xv, q_start, q_count, db_order):
         tot, rel = distance_histograms(dist, relevance(ql, lab), v, plan.num_bits)
         return (carry[0] + tot, carry[1] + rel), None
 
-    (tot, rel), _ = lax.scan(body, (zeros, zeros), (xd, xl, xv))
+    (tot, rel), _ = _scan(body, (zeros, zeros), (xd, xl, xv))
     return {"tot": tot, "rel": rel}
 
 
@@ -905,6 +1028,14 @@ def _balanced(total: int, cap: int, multiple: int = 1) -> int:
     return -(-size // multiple) * multiple
 
 
+def _distance_block(num_levels: int, n_pad: int) -> int:
+    """Histogram block for Hamming ranks: a power of two near b + 1 (64..1024) dividing N_pad."""
+    block = min(1024, max(64, 1 << (num_levels - 1).bit_length()))
+    while n_pad % block:
+        block //= 2
+    return block
+
+
 def _relevant_index(ql, dl, multi, n, mesh):
     """Per-query relevant counts, and (single-label) class slices of the label-sorted database.
 
@@ -935,7 +1066,8 @@ def _run(source, ql, dl, multi, *, path, expected, cuts, ties, seed, query_chunk
     kind = source.kind
     ndev = 1 if mesh is None else int(mesh.devices.size)
     if db_chunk is None:
-        nc = _balanced(n, _DEFAULT_DB_CHUNK, 8 if n >= 8 else 1)
+        # Multiples of 128 keep Hamming histogram blocks (`_distance_block`) large.
+        nc = _balanced(n, _DEFAULT_DB_CHUNK, 128 if n >= 1024 else 1)
     else:
         if int(db_chunk) < 1:
             raise ValueError(f"db_chunk must be >= 1, got {db_chunk}.")
@@ -969,8 +1101,8 @@ def _run(source, ql, dl, multi, *, path, expected, cuts, ties, seed, query_chunk
     q_local = -(-nq_total // ndev)
     if query_chunk is None:
         if path == "rank":
-            # Key row, search state and gathers per item; slot arrays per relevant item.
-            cap = _budget(_ROW_BUDGET, mesh) // (n_pad + (len(cuts) + 8) * r)
+            # Key row, search state and gathers per item; slot and cell arrays per relevant item.
+            cap = _budget(_ROW_BUDGET, mesh) // (n_pad + (len(cuts) + 12) * r)
         else:
             cap = _budget(_PAIR_BUDGET, mesh) // nc
         qc = _balanced(q_local, min(cap, q_local))
@@ -1012,6 +1144,7 @@ def _run(source, ql, dl, multi, *, path, expected, cuts, ties, seed, query_chunk
         num_db_chunks=nb,
         rel_cap=r,
         num_cells=_CELLS_PER_RELEVANT * r,
+        block=_distance_block(source.num_bits + 1, n_pad),
         mesh=mesh,
     )
     args = (qdata, ql, q_start, q_count, dbdata, dl, valid, jnp.asarray(db_order, jnp.int32))
@@ -1599,25 +1732,26 @@ __all__ = [
     "DENOMINATORS",
     "EMPTY_RULES",
     "TIE_RULES",
-    "ScoreSource",
     "adc_scores",
     "adc_source",
     "conventions_note",
     "dense_scores",
     "dense_source",
     "distance_histograms",
+    "distance_rank_stats",
+    "expected_group_share",
     "format_metrics",
     "hamming_distances",
     "hamming_radius_pr",
     "hamming_source",
     "map_from_scores",
+    "order_keys",
     "pack_bits",
     "pr_curve",
-    "expected_group_share",
-    "order_keys",
-    "relevant_rank_stats",
     "relevance",
+    "relevant_rank_stats",
     "retrieval_metrics",
     "scores_source",
+    "ScoreSource",
     "tie_permutation",
 ]
