@@ -13,7 +13,8 @@ that only knows how to check and read its on-disk layout (`check_layout`, `sourc
 * **What is written.** One TFDS split per release partition (`train`, `test`, `query`, ...), in
   array_record files, examples in release order (`disable_shuffling`). Features:
   `image` (a uint8 `tfds.features.Tensor` for small fixed-size releases, else a
-  `tfds.features.Image` fed PNG or JPEG bytes encoded here with PIL, so no TensorFlow is needed), `label` (int64 `[n_labels]`: the example's class ids; exactly one for
+  `tfds.features.Image` fed PNG or JPEG bytes encoded here with PIL, so no TensorFlow is
+  needed), `label` (int64 `[n_labels]`: the example's class ids; exactly one for
   single-label releases) and `index` (int64, position in its split). The builder metadata
   records a fingerprint of the source files, the class names, the partitions and every label
   (so a loader gets the labels without reading the records).

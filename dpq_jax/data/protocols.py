@@ -26,14 +26,14 @@ Paper protocols (PROTOCOLS.md), with the source index layout each expects:
 | `nuswide21` | any, multi-hot | 10,000 of database | 5,000 | all but queries |
 | `imagenet100` | `train`, `val` | 100/class of train | val | train |
 | `inshop` | `train`, `query`, `gallery` | train | query | gallery |
-| `faces_seen` | `train`, `test` (or one: 10%/identity held out) | train | test | train |
-| `faces_unseen` | `source_cross_train`, `target_train`, `target_test` | source | target test | target train |
+| `faces_seen` | `train`, `test` (or one: 10% per identity held out) | train | test | train |
+| `faces_unseen` | `source_cross_train`, `target_*` | source ids | target test | target train |
 
-Validation is always carved from the training side and never touches the queries: the published
-training count is that of `train ∪ val_query ∪ val_database`, which `check_published` compares (with `query` and
-`database`) against `PUBLISHED_SIZES` and raises on a mismatch for fixed releases, or logs a
-warning for web-crawled ones whose copies differ (NUS-WIDE, ImageNet-100, In-shop). The generic
-`holdout` protocol serves users' own data.
+Validation is always carved from the training side and never touches the queries: the
+published training count is that of `train ∪ val_query ∪ val_database`, which
+`check_published` compares (with `query` and `database`) against `PUBLISHED_SIZES`; it raises on
+a mismatch for fixed releases and logs a warning for web-crawled ones whose copies differ
+(NUS-WIDE, ImageNet-100, In-shop). The generic `holdout` protocol serves users' own data.
 
 Example:
   >>> labels = np.repeat(np.arange(40), 10)

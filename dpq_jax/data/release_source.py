@@ -43,7 +43,7 @@ class PartitionedLabels(np.ndarray):
 
     Attributes:
       partition_codes: int8 `[N]` partition code of each example (an index into
-        `partition_names`), or None on any derived array (views, slices, results of NumPy operations).
+        `partition_names`), or None on any derived array (views, slices, NumPy results).
       partition_names: names of the release partitions, e.g. `("train", "test")`.
 
     Raises:
