@@ -119,10 +119,10 @@ def get_config(arg=None):
     config.tensorboard = True
 
     config.evals = ml_collections.ConfigDict()
-    config.evals.val = _retrieval_eval(
+    config.evals.val = config_lib.retrieval_eval(
         "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False
     )
-    config.evals.test = _retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
 
     if arg.runlocal:
         config.total_steps = 4
@@ -136,19 +136,3 @@ def get_config(arg=None):
         config.evals.val.log_steps = 2
         config.tensorboard = False
     return config.lock()
-
-
-def _retrieval_eval(query, database, *, log_steps, final):
-    cfg = ml_collections.ConfigDict()
-    cfg.type = "retrieval"
-    cfg.query = query
-    cfg.database = database
-    cfg.query_side = "soft_quantized"  # OPQN's probability LUT (METHODS §1.4)
-    cfg.map_ks = (-1,)
-    cfg.precision_ks = (5,)  # precision@top-5 for the 32×32 sets
-    cfg.denominator = "relevant_in_topk"
-    cfg.empty = "zero"
-    cfg.ties = "stable"
-    cfg.log_steps = log_steps
-    cfg.final = final
-    return cfg

@@ -83,8 +83,10 @@ def get_config(arg=None):
     config.tensorboard = True
 
     config.evals = ml_collections.ConfigDict()
-    config.evals.val = _retrieval_eval("val_query", "val_database", log_steps=50, final=False)
-    config.evals.test = _retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals.val = config_lib.retrieval_eval(
+        "val_query", "val_database", log_steps=50, final=False
+    )
+    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
 
     if arg.runlocal:
         config.total_steps = 4
@@ -96,19 +98,3 @@ def get_config(arg=None):
         config.evals.val.log_steps = 2
         config.tensorboard = False
     return config.lock()
-
-
-def _retrieval_eval(query, database, *, log_steps, final):
-    cfg = ml_collections.ConfigDict()
-    cfg.type = "retrieval"
-    cfg.query = query  # split names of the protocol
-    cfg.database = database
-    cfg.query_side = "soft_quantized"  # OPQN probability LUT; or "raw" (IP), "l2"
-    cfg.map_ks = (-1,)  # -1 = all
-    cfg.precision_ks = (5,)
-    cfg.denominator = "relevant_in_topk"
-    cfg.empty = "zero"
-    cfg.ties = "stable"
-    cfg.log_steps = log_steps  # 0 = only at the end
-    cfg.final = final  # run on the selected checkpoint for the report
-    return cfg

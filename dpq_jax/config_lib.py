@@ -78,3 +78,38 @@ def opqn_shape(bits: int) -> tuple[int, int]:
     if bits not in OPQN_BITS_TO_MK:
         raise ValueError(f"bits={bits} not supported; choose one of {sorted(OPQN_BITS_TO_MK)}.")
     return OPQN_BITS_TO_MK[bits]
+
+
+def retrieval_eval(
+    query: str,
+    database: str,
+    *,
+    log_steps: int,
+    final: bool,
+    precision_ks: tuple[int, ...] = (5,),
+    map_ks: tuple[int, ...] = (-1,),
+    query_side: str = "soft_quantized",
+) -> ml_collections.ConfigDict:
+    """A `config.evals.<name>` entry for the retrieval evaluator (ADC search + metrics).
+
+    Args:
+      query, database: split names of the protocol (e.g. "val_query", "val_database").
+      log_steps: run every this many steps; 0 runs it only for the final report.
+      final: run it on the selected checkpoint for the report.
+      precision_ks: cut-offs for precision@K.
+      map_ks: cut-offs for mAP; -1 means the whole database.
+      query_side: "soft_quantized" (OPQN probability LUT), "raw" (inner product) or "l2".
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.type = "retrieval"
+    cfg.query = query
+    cfg.database = database
+    cfg.query_side = query_side
+    cfg.map_ks = tuple(map_ks)
+    cfg.precision_ks = tuple(precision_ks)
+    cfg.denominator = "relevant_in_topk"  # equals min_relevant_k for K = all
+    cfg.empty = "zero"  # queries without a relevant item count as AP 0
+    cfg.ties = "stable"  # tied scores ranked by database index
+    cfg.log_steps = log_steps
+    cfg.final = final
+    return cfg
