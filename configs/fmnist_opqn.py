@@ -26,6 +26,8 @@ Measured (2026-11-23, split seed 0, ADC with the soft-quantized query LUT, mAP o
 P@100 0.733):
 
   bits | mAP@all | P@100  | val mAP@all | CPU time (user+sys) | wall (shared CPU)
+  16   | 0.8946  | 0.9058 | 0.8933      | 1,362 s             | 1,152 s
+  24   | 0.8982  | 0.9071 | 0.8992      | 1,401 s             | 1,121 s
   32   | 0.9026  | 0.9109 | 0.9047      | 1,381 s             | 1,222 s
 
 The model is selected on the validation split, never on the query set.

@@ -260,7 +260,11 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     writer.write_json("config.json", json.loads(config.to_json()))
 
     # ---------------------------------------------------------------------------- Data
-    source = registry.get("dataset", config.input.dataset)(data_dir=config.input.data_dir or None)
+    source = registry.get("dataset", config.input.dataset)(
+        data_dir=config.input.data_dir or None,
+        # A folder with the release files (e.g. users' own image folder or CSV); optional.
+        source_dir=config.input.get("source_dir") or None,
+    )
     splits = protocols.get_splits(
         config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
     )
