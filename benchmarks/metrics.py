@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dpq_jax.metrics import retrieval as rm
+from dpq_jax.search import kernels
 
 
 def make_data(q, n, classes, bits, m, k, d, seed):
@@ -106,7 +107,9 @@ def main():
 
     # Inputs on device once, as a trainer would hold them.
     ham = rm.hamming_source(
-        jnp.asarray(rm.pack_bits(q_bits)), jnp.asarray(rm.pack_bits(d_bits)), num_bits=args.bits
+        jnp.asarray(kernels.pack_bits(q_bits)),
+        jnp.asarray(kernels.pack_bits(d_bits)),
+        num_bits=args.bits,
     )
     pq = rm.adc_source(jnp.asarray(luts), jnp.asarray(codes))
     ql_dev, dl_dev = jnp.asarray(ql), jnp.asarray(dl)

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpq_jax.search import adc, faiss_export, hamming
+from dpq_jax.search import adc, faiss_export, hamming, kernels
 from dpq_jax.search import index as index_lib
 
 
@@ -146,7 +146,7 @@ def bench_hamming(args, table, num_bits: int) -> None:
     table.row(case, "faiss IndexBinaryFlat", t_faiss)
 
     db = jnp.asarray(bindex.packed)
-    q_packed = hamming.pack_bits(jnp.asarray(q_bits))
+    q_packed = kernels.pack_bits(jnp.asarray(q_bits))
 
     def run_jax():
         dist, ids = hamming.hamming_topk(

@@ -85,8 +85,7 @@ def bench(name, args, mesh):
     optim_cfg = ml_collections.ConfigDict(
         {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
     )
-    tx, schedule = optim.make_optimizer(optim_cfg, 1000)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer, schedule = optim.make_nnx_optimizer(model, optim_cfg, 1000)
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     state = jax.device_put(state, parallel.replicated(mesh))

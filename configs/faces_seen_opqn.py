@@ -84,7 +84,6 @@ def get_config(arg=None):
     )
     config.model.embedding_dim = embedding_dim
     config.model.head = ml_collections.ConfigDict()
-    config.model.head.name = "opqn"
     config.model.head.num_codebooks = num_codebooks
     config.model.head.codebook_size = codebook_size
     config.model.head.codebook_init = "dct"
@@ -125,14 +124,8 @@ def get_config(arg=None):
     config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
 
     if arg.runlocal:
-        config.total_steps = 4
-        config.input.batch_size = 16
-        config.input.eval_batch_size = 16
-        config.log_training_steps = 2
-        config.ckpt_steps = 2
+        config_lib.run_locally(config)
         config.optim.decay_steps = 2
         config.model.backbone.width_multiplier = 0.0625
         config.model.backbone.input_size = 32
-        config.evals.val.log_steps = 2
-        config.tensorboard = False
     return config.lock()

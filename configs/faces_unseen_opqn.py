@@ -12,7 +12,7 @@ VGGFace2 `cross_train` identities; database = target train, queries = target tes
 identity is seen in training); validation = held-out VGGFace2 identities.
 
 Recipe (OPQN, METHODS §1): SphereFace-20 at 112×112 (strides 2,2,2,2), D = M·K with K = 256
-(`config_lib.opqn_shape`), fixed orthonormal DCT codebooks, subspace CosFace s = 40, m = 0.5,
+(`dpq_jax.methods.opqn.pq_shape`), fixed orthonormal DCT codebooks, subspace CosFace s = 40, m = 0.5,
 entropy μ = 0.1, SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, 160 epochs, ×0.5 every
 20 epochs. The cross-domain recipe uses centre crops and no flip, also in training; inputs are
 normalised to [−1, 1].
@@ -37,6 +37,7 @@ import math
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn
 
 TARGETS = ("facescrub", "cfw60k", "youtube_faces")
 TRAIN_IMAGES_ESTIMATE = 90000  # override with train_images=N
@@ -46,7 +47,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, bits=64, target="facescrub", train_images=0, runlocal=False)
     if arg.target not in TARGETS:
         raise ValueError(f"target={arg.target!r}; choose one of {TARGETS}.")
-    num_codebooks, codebook_size = config_lib.opqn_shape(arg.bits)
+    num_codebooks, codebook_size = opqn.pq_shape(arg.bits)
     batch_size = 256
     steps_per_epoch = math.ceil((arg.train_images or TRAIN_IMAGES_ESTIMATE) / batch_size)
 
@@ -74,7 +75,6 @@ def get_config(arg=None):
     )
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()
-    config.model.head.name = "opqn"
     config.model.head.num_codebooks = num_codebooks
     config.model.head.codebook_size = codebook_size
     config.model.head.codebook_init = "dct"
@@ -117,13 +117,7 @@ def get_config(arg=None):
     )
 
     if arg.runlocal:
-        config.total_steps = 4
-        config.input.batch_size = 16
-        config.input.eval_batch_size = 16
-        config.log_training_steps = 2
-        config.ckpt_steps = 2
+        config_lib.run_locally(config)
         config.optim.decay_steps = 2
         config.model.backbone.width_multiplier = 0.0625
-        config.evals.val.log_steps = 2
-        config.tensorboard = False
     return config.lock()

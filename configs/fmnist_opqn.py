@@ -36,27 +36,16 @@ The model is selected on the validation split, never on the query set.
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, bits=32, runlocal=False)
-    num_codebooks, codebook_size = config_lib.opqn_shape(arg.bits)
+    num_codebooks, codebook_size = opqn.pq_shape(arg.bits)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "fmnist"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = "fashion_mnist"
-    config.input.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
-    config.input.batch_size = 256
-    config.input.eval_batch_size = 512
-    # Fashion-MNIST pixel mean and standard deviation (training images, 0..1 scale).
-    norm = "value_range(0,1)|normalize((0.286,),(0.353,))"
-    config.input.pp_train = f"flip_lr|{norm}"
-    config.input.pp_eval = norm
-    config.input.prefetch = 2
-
-    config.total_steps = 1800
+    config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=512)
 
     config.method = "opqn"
     config.model = ml_collections.ConfigDict()
@@ -65,7 +54,6 @@ def get_config(arg=None):
     )
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()
-    config.model.head.name = "opqn"
     config.model.head.num_codebooks = num_codebooks
     config.model.head.codebook_size = codebook_size
     config.model.head.codebook_init = "dct"  # or "qr" (random orthonormal)
@@ -77,28 +65,11 @@ def get_config(arg=None):
     config.loss.margin = 0.5  # CosFace m
     config.loss.entropy_weight = 0.1  # μ
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"  # converges in the few epochs a CPU allows (see above)
-    config.optim.lr = 3e-3
-    config.optim.momentum = 0.9  # unused by adamw
-    config.optim.nesterov = False
-    config.optim.weight_decay = 1e-2
-    config.optim.decoupled_weight_decay = True
-    config.optim.schedule = "cosine"
-    config.optim.decay_steps = 0  # unused by the cosine schedule
-    config.optim.decay_rate = 0.5
-    config.optim.warmup_steps = 100
-    config.optim.grad_clip_norm = 0.0
-
-    config.mesh_num_devices = -1  # all devices of all hosts
-    config.mesh_axis_types = "explicit"
-    config.log_training_steps = 50
-    config.ckpt_steps = 600
-    config.keep_ckpts = 2
-    config.select_on = "val/map@all"  # best checkpoint on validation, never on the query split
-    config.raw_pixel_baseline = True
-    config.tensorboard = True
-
+    # AdamW converges in the few epochs a CPU allows (see above).
+    config.optim = config_lib.optimizer(
+        "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=100
+    )
+    config_lib.training(config, total_steps=1800, ckpt_steps=600)
     config.evals = ml_collections.ConfigDict()
     config.evals.val = config_lib.retrieval_eval(
         "val_query", "val_database", log_steps=600, final=False, precision_ks=(100,)
@@ -108,13 +79,6 @@ def get_config(arg=None):
     )
 
     if arg.runlocal:
-        config.total_steps = 4
-        config.input.batch_size = 16
-        config.input.eval_batch_size = 16
-        config.log_training_steps = 2
-        config.ckpt_steps = 2
-        config.optim.warmup_steps = 0
+        config_lib.run_locally(config)
         config.model.backbone.widths = (4, 8)
-        config.evals.val.log_steps = 2
-        config.tensorboard = False
     return config.lock()

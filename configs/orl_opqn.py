@@ -20,26 +20,16 @@ baseline (≈ 0.87). The model is selected on the validation split, never on the
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, protocol="orl_seen", bits=32, runlocal=False)
-    num_codebooks, codebook_size = config_lib.opqn_shape(arg.bits)
+    num_codebooks, codebook_size = opqn.pq_shape(arg.bits)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = arg.protocol
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = "orl_faces"
-    config.input.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
-    config.input.batch_size = 64
-    config.input.eval_batch_size = 64
-    norm = "value_range(0,1)|normalize((0.5,),(0.5,))"
-    config.input.pp_train = f"resize(35,29)|random_crop(32,26)|flip_lr|{norm}"
-    config.input.pp_eval = f"resize(35,29)|center_crop(32,26)|{norm}"
-    config.input.prefetch = 2
-
-    config.total_steps = 300
+    config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
 
     config.method = "opqn"
     config.model = ml_collections.ConfigDict()
@@ -48,7 +38,6 @@ def get_config(arg=None):
     )
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()
-    config.model.head.name = "opqn"
     config.model.head.num_codebooks = num_codebooks
     config.model.head.codebook_size = codebook_size
     config.model.head.codebook_init = "dct"  # or "qr" (random orthonormal)
@@ -60,28 +49,17 @@ def get_config(arg=None):
     config.loss.margin = 0.5  # CosFace m
     config.loss.entropy_weight = 0.1  # μ
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "sgd"
-    config.optim.lr = 0.1
-    config.optim.momentum = 0.9
-    config.optim.nesterov = False
-    config.optim.weight_decay = 5e-4
-    config.optim.decoupled_weight_decay = False
-    config.optim.schedule = "step"
-    config.optim.decay_steps = 100
-    config.optim.decay_rate = 0.5
-    config.optim.warmup_steps = 0
-    config.optim.grad_clip_norm = 0.0
-
-    config.mesh_num_devices = -1  # all devices of all hosts
-    config.mesh_axis_types = "explicit"
-    config.log_training_steps = 10
-    config.ckpt_steps = 50
-    config.keep_ckpts = 2
-    config.select_on = "val/map@all"  # best checkpoint on validation, never on the query split
-    config.raw_pixel_baseline = True
-    config.tensorboard = True
-
+    # The reference's recipe: SGD + momentum, L2 weight decay, halve the lr every 100 steps.
+    config.optim = config_lib.optimizer(
+        "sgd",
+        lr=0.1,
+        weight_decay=5e-4,
+        decoupled_weight_decay=False,
+        schedule="step",
+        decay_steps=100,
+        decay_rate=0.5,
+    )
+    config_lib.training(config, total_steps=300, ckpt_steps=50, log_training_steps=10)
     config.evals = ml_collections.ConfigDict()
     config.evals.val = config_lib.retrieval_eval(
         "val_query", "val_database", log_steps=50, final=False
@@ -89,12 +67,6 @@ def get_config(arg=None):
     config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
 
     if arg.runlocal:
-        config.total_steps = 4
-        config.input.batch_size = 16
-        config.input.eval_batch_size = 16
-        config.log_training_steps = 2
-        config.ckpt_steps = 2
+        config_lib.run_locally(config)
         config.model.backbone.widths = (4, 8)
-        config.evals.val.log_steps = 2
-        config.tensorboard = False
     return config.lock()

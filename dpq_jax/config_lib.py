@@ -68,18 +68,6 @@ def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
-# OPQN code lengths with K = 256 codewords per book and D = M·K (so d = K: every codebook is
-# a full orthonormal basis of its subspace; the 112×112 regime of OPQN, METHODS §1.1).
-OPQN_BITS_TO_MK = {16: (2, 256), 24: (3, 256), 32: (4, 256), 48: (6, 256), 64: (8, 256)}
-
-
-def opqn_shape(bits: int) -> tuple[int, int]:
-    """(M, K) for an OPQN code of `bits` bits with K = 256."""
-    if bits not in OPQN_BITS_TO_MK:
-        raise ValueError(f"bits={bits} not supported; choose one of {sorted(OPQN_BITS_TO_MK)}.")
-    return OPQN_BITS_TO_MK[bits]
-
-
 def retrieval_eval(
     query: str,
     database: str,
@@ -88,9 +76,10 @@ def retrieval_eval(
     final: bool,
     precision_ks: tuple[int, ...] = (5,),
     map_ks: tuple[int, ...] = (-1,),
-    query_side: str = "soft_quantized",
+    query_side: str = "",
+    hamming_radius: int = 2,
 ) -> ml_collections.ConfigDict:
-    """A `config.evals.<name>` entry for the retrieval evaluator (ADC search + metrics).
+    """A `config.evals.<name>` entry for the retrieval evaluator (the method's search + metrics).
 
     Args:
       query, database: split names of the protocol (e.g. "val_query", "val_database").
@@ -98,7 +87,10 @@ def retrieval_eval(
       final: run it on the selected checkpoint for the report.
       precision_ks: cut-offs for precision@K.
       map_ks: cut-offs for mAP; -1 means the whole database.
-      query_side: "soft_quantized" (OPQN probability LUT), "raw" (inner product) or "l2".
+      query_side: one of the method's query sides (e.g. OPQN: "soft_quantized", "raw",
+        "l2"); "" means the method's default.
+      hamming_radius: binary codes also report precision and recall within this Hamming
+        distance (`p@r2`, `r@r2`); -1 turns it off.
     """
     cfg = ml_collections.ConfigDict()
     cfg.type = "retrieval"
@@ -110,6 +102,112 @@ def retrieval_eval(
     cfg.denominator = "relevant_in_topk"  # equals min_relevant_k for K = all
     cfg.empty = "zero"  # queries without a relevant item count as AP 0
     cfg.ties = "stable"  # tied scores ranked by database index
+    cfg.hamming_radius = hamming_radius
     cfg.log_steps = log_steps
     cfg.final = final
     return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared blocks: a method x protocol config holds little but its own fields.
+# ----------------------------------------------------------------------------------------------
+# Per-data-set inputs: (dataset, protocol, train preprocessing, eval preprocessing). The
+# normalisations are each data set's pixel mean and standard deviation on the 0..1 scale.
+_FMNIST_NORM = "value_range(0,1)|normalize((0.286,),(0.353,))"
+_ORL_NORM = "value_range(0,1)|normalize((0.5,),(0.5,))"
+INPUTS = {
+    "fmnist": ("fashion_mnist", f"flip_lr|{_FMNIST_NORM}", _FMNIST_NORM),
+    "orl": (
+        "orl_faces",
+        f"resize(35,29)|random_crop(32,26)|flip_lr|{_ORL_NORM}",
+        f"resize(35,29)|center_crop(32,26)|{_ORL_NORM}",
+    ),
+}
+
+
+def input_config(data: str, *, batch_size: int, eval_batch_size: int) -> ml_collections.ConfigDict:
+    """`config.input` for a data set of `INPUTS` ("fmnist": 28×28 Fashion-MNIST; "orl": ORL
+    faces resized to 35×29 and cropped to 32×26).
+
+    Example:
+      >>> input_config("fmnist", batch_size=256, eval_batch_size=512).dataset
+      'fashion_mnist'
+    """
+    if data not in INPUTS:
+        raise ValueError(f"Unknown input preset {data!r}; choose one of {sorted(INPUTS)}.")
+    dataset, pp_train, pp_eval = INPUTS[data]
+    cfg = ml_collections.ConfigDict()
+    cfg.dataset = dataset
+    cfg.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
+    cfg.source_dir = ""  # a folder with the release files; "" = the installed copy
+    cfg.batch_size = batch_size
+    cfg.eval_batch_size = eval_batch_size
+    cfg.pp_train = pp_train
+    cfg.pp_eval = pp_eval
+    cfg.prefetch = 2
+    return cfg
+
+
+def optimizer(
+    name: str = "adamw",
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = True,
+    schedule: str = "cosine",
+    warmup_steps: int = 0,
+    decay_steps: int = 0,
+    decay_rate: float = 0.5,
+    momentum: float = 0.9,
+    grad_clip_norm: float = 0.0,
+) -> ml_collections.ConfigDict:
+    """`config.optim` (read by `dpq_jax.optim.make_optimizer`)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = name
+    cfg.lr = lr
+    cfg.momentum = momentum  # sgd only
+    cfg.nesterov = False
+    cfg.weight_decay = weight_decay
+    cfg.decoupled_weight_decay = decoupled_weight_decay
+    cfg.schedule = schedule
+    cfg.decay_steps = decay_steps  # step / exponential schedules
+    cfg.decay_rate = decay_rate
+    cfg.warmup_steps = warmup_steps
+    cfg.grad_clip_norm = grad_clip_norm
+    return cfg
+
+
+def training(
+    config: ml_collections.ConfigDict,
+    *,
+    total_steps: int,
+    ckpt_steps: int,
+    log_training_steps: int = 50,
+    keep_ckpts: int = 2,
+    select_on: str = "val/map@all",
+) -> None:
+    """Sets the run, checkpointing and logging fields of `config` in place (all devices of all
+    hosts on one `"data"` mesh; the best checkpoint on validation, never on the query split)."""
+    config.total_steps = total_steps
+    config.mesh_num_devices = -1
+    config.mesh_axis_types = "explicit"
+    config.log_training_steps = log_training_steps
+    config.ckpt_steps = ckpt_steps
+    config.keep_ckpts = keep_ckpts
+    config.select_on = select_on
+    config.raw_pixel_baseline = True
+    config.tensorboard = True
+
+
+def run_locally(config: ml_collections.ConfigDict) -> None:
+    """Shrinks `config` in place to a few-second smoke run (the `runlocal` argument)."""
+    config.total_steps = 4
+    config.input.batch_size = 16
+    config.input.eval_batch_size = 16
+    config.log_training_steps = 2
+    config.ckpt_steps = 2
+    config.optim.warmup_steps = 0
+    config.tensorboard = False
+    for cfg in config.evals.values():
+        if cfg.log_steps:
+            cfg.log_steps = 2

@@ -44,7 +44,8 @@ def encode_split(
     """Runs `predict_fn(state, images)` over `source[indices]` and returns host arrays.
 
     Args:
-      predict_fn: from `make_predict_fn`; returns a dict of `[B, ...]` arrays.
+      predict_fn: from `make_predict_fn`; returns a dict of `[B, ...]` arrays (or of tuples of
+        them, e.g. one code array per code length).
       state: the replicated train state.
       source: a data source (`ArraySource`).
       indices: `[N]` item indices, N >= 1.
@@ -53,7 +54,8 @@ def encode_split(
       mesh: the `"data"` mesh.
 
     Returns:
-      Each output of `predict_fn` as a NumPy array `[N, ...]`, rows in the order of `indices`.
+      The outputs of `predict_fn` with each array as NumPy `[N, ...]`, rows in the order of
+      `indices`.
 
     Raises:
       ValueError: empty `indices`, or a batch size that does not split over the devices.
@@ -78,14 +80,14 @@ def encode_split(
     # One transfer at the end keeps the device loop asynchronous.
     gathered = [_to_host(out) for out in outputs]
     mask = np.concatenate([_to_host_mask(m) for m in masks])
-    result = {key: np.concatenate([g[key] for g in gathered])[mask] for key in gathered[0]}
+    result = jax.tree.map(lambda *parts: np.concatenate(parts)[mask], *gathered)
     count = mask.sum()
     if count != len(indices):
         raise RuntimeError(f"encode_split returned {count} items for {len(indices)} indices.")
     return result
 
 
-def _to_host(tree: dict) -> dict[str, np.ndarray]:
+def _to_host(tree: dict) -> dict:
     if jax.process_count() == 1:
         return jax.tree.map(np.asarray, jax.device_get(tree))
     return multihost_utils.process_allgather(tree, tiled=True)

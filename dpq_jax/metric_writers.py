@@ -1,4 +1,5 @@
-"""Process-0 metric writers: a JSONL file and TensorBoard event files (tensorboardX, no TF).
+"""Process-0 metric writers: a JSONL file and TensorBoard event files (tensorboardX, no TF),
+plus the console: status lines, the training progress bar and one-line metric summaries.
 
 Only this module, the checkpointer and the exporter write into the workdir.
 """
@@ -10,6 +11,9 @@ import time
 from typing import Any
 
 import jax
+from absl import logging
+
+from dpq_jax import io_utils
 
 
 def _to_python(value: Any) -> Any:
@@ -55,7 +59,7 @@ class MetricWriter:
         """Writes `obj` as `<workdir>/<name>` (process 0) and returns the path."""
         path = os.path.join(os.path.dirname(self.path), name)
         if self.active:
-            with open(path, "w", encoding="utf-8") as f:
+            with io_utils.atomic_write(path, "w", encoding="utf-8") as f:
                 json.dump(obj, f, indent=2, default=_to_python)
         return path
 
@@ -70,3 +74,36 @@ def read_jsonl(path: str) -> list[dict]:
     """Reads a metrics.jsonl file back (for notebooks and tests)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def say(message: str) -> None:
+    """A status line on the console of process 0 (above the progress bar) and in the log."""
+    logging.info(message)
+    if jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def format_scalars(metrics: dict[str, Any]) -> str:
+    """`"a=0.1000, b=2.0000"`: the float entries of `metrics`, sorted by name.
+
+    Examples:
+      >>> format_scalars({"val/map@all": 0.51234, "val/p@5": 0.75, "step": 3})
+      'val/map@all=0.5123, val/p@5=0.7500'
+    """
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
+
+
+def progress_bar(total: int, initial: int):
+    """A tqdm bar of `total` steps starting at `initial`, shown on process 0 only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="train",
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )

@@ -7,6 +7,7 @@ methods use Adam or AdamW; `decoupled_weight_decay` switches between L2 and deco
 
 import ml_collections
 import optax
+from flax import nnx
 
 _SCHEDULES = ("constant", "step", "exponential", "cosine")
 
@@ -69,3 +70,18 @@ def make_optimizer(
     else:
         raise ValueError(f"Unknown optim.name {name!r}; choose one of ('sgd', 'adam', 'adamw').")
     return optax.chain(*parts), schedule
+
+
+def make_nnx_optimizer(
+    model: nnx.Module, cfg: ml_collections.ConfigDict, total_steps: int
+) -> tuple[nnx.Optimizer, optax.Schedule]:
+    """The `nnx.Optimizer` of `model`'s `nnx.Param`s with the `make_optimizer` chain.
+
+    The trainer and `inference.restore_model` both build it this way, so the restored tree
+    matches the saved `(model, optimizer)` state.
+
+    Returns:
+      `(optimizer, schedule)`.
+    """
+    tx, schedule = make_optimizer(cfg, total_steps)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param), schedule

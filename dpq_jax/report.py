@@ -3,43 +3,47 @@
 Every number is written next to its protocol, code length, K and metric conventions.
 """
 
-import math
-
 import numpy as np
 
 
-def build_report(config, *, step, selected_on, metrics, baseline, evaluators, splits) -> dict:
-    """Collects the final numbers of each final evaluator with their protocol and conventions."""
-    head = config.model.head
-    bits = int(head.num_codebooks * math.log2(head.codebook_size))
+def build_report(
+    config, *, code_lengths, step, selected_on, metrics, baseline, evaluators, splits
+) -> dict:
+    """Collects the final numbers of each final evaluator and code length, with their protocol
+    and conventions: one row per (evaluator, code length)."""
     rows = []
     for name, evaluator in evaluators.items():
-        rows.append(
-            {
-                "eval": name,
-                "protocol": config.protocol,
-                "query_split": evaluator.cfg.query,
-                "database_split": evaluator.cfg.database,
-                "num_queries": int(len(getattr(splits, evaluator.cfg.query))),
-                "num_database": int(len(getattr(splits, evaluator.cfg.database))),
-                "bits": bits,
-                "search": f"ADC, query side {evaluator.cfg.query_side!r}",
-                "metrics": {
-                    k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(name + "/")
-                },
-                "raw_pixels": {
-                    k.split("/", 2)[2]: v
-                    for k, v in baseline.items()
-                    if k.startswith(name + "/raw_pixels/")
-                },
-                "conventions": evaluator.conventions,
-            }
-        )
+        raw_pixels = {
+            k.split("/", 2)[2]: v
+            for k, v in baseline.items()
+            if k.startswith(name + "/raw_pixels/")
+        }
+        for bits in code_lengths:
+            prefix = evaluator.metric_prefix(bits) + "/"
+            rows.append(
+                {
+                    "eval": name,
+                    "protocol": config.protocol,
+                    "query_split": evaluator.cfg.query,
+                    "database_split": evaluator.cfg.database,
+                    "num_queries": int(len(getattr(splits, evaluator.cfg.query))),
+                    "num_database": int(len(getattr(splits, evaluator.cfg.database))),
+                    "bits": int(bits),
+                    "search": evaluator.conventions["search"],
+                    "metrics": {
+                        k.removeprefix(prefix): v
+                        for k, v in metrics.items()
+                        if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
+                    },
+                    "raw_pixels": raw_pixels,
+                    "conventions": evaluator.conventions,
+                }
+            )
     return {
         "method": config.method,
         "dataset": config.input.dataset,
         "protocol": config.protocol,
-        "bits": bits,
+        "bits": list(code_lengths),
         "selected_step": int(step),
         "selected_on": selected_on or "last step",
         "splits": splits.summary(),
@@ -48,28 +52,37 @@ def build_report(config, *, step, selected_on, metrics, baseline, evaluators, sp
 
 
 def format_report(report: dict) -> str:
-    """A plain-text table of the report, one row per final evaluator."""
+    """A plain-text table of the report: per final evaluator, one line per code length."""
+    bits = "/".join(str(b) for b in report["bits"])
     lines = [
         f"Retrieval report: {report['method']} on {report['dataset']}, protocol "
-        f"{report['protocol']}, {report['bits']}-bit codes, checkpoint step "
+        f"{report['protocol']}, {bits}-bit codes, checkpoint step "
         f"{report['selected_step']} (selected on {report['selected_on']})",
         f"splits: {report['splits']}",
     ]
+    by_eval: dict[str, list[dict]] = {}
     for row in report["results"]:
-        keys = list(row["metrics"])
-        header = ["protocol", "bits"] + keys + [f"raw pixels {k}" for k in row["raw_pixels"]]
-        values = [row["protocol"], str(row["bits"])]
-        values += [f"{row['metrics'][k]:.4f}" for k in keys]
-        values += [f"{v:.4f}" for v in row["raw_pixels"].values()]
-        widths = [max(len(h), len(v)) for h, v in zip(header, values, strict=True)]
+        by_eval.setdefault(row["eval"], []).append(row)
+    for name, rows in by_eval.items():
+        first = rows[0]
+        keys = list(first["metrics"])
+        header = ["protocol", "bits"] + keys + [f"raw pixels {k}" for k in first["raw_pixels"]]
+        table = []
+        for row in rows:
+            values = [row["protocol"], str(row["bits"])]
+            values += [f"{row['metrics'][k]:.4f}" for k in keys]
+            values += [f"{v:.4f}" for v in row["raw_pixels"].values()]
+            table.append(values)
+        widths = [max(len(h), *(len(v[i]) for v in table)) for i, h in enumerate(header)]
         lines.append(
-            f"[{row['eval']}] {row['num_queries']} queries × {row['num_database']} database "
-            f"items, {row['search']}"
+            f"[{name}] {first['num_queries']} queries × {first['num_database']} database "
+            f"items, {first['search']}"
         )
         lines.append(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         lines.append("-+-".join("-" * w for w in widths))
-        lines.append(" | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)))
-        conv = ", ".join(f"{k}={v}" for k, v in row["conventions"].items())
+        for values in table:
+            lines.append(" | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)))
+        conv = ", ".join(f"{k}={v}" for k, v in first["conventions"].items() if k != "search")
         lines.append(f"conventions: {conv}")
     return "\n".join(lines)
 
@@ -93,7 +106,8 @@ def plot_pr_curves(curves: dict, path: str, title: str = "") -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title(f"Precision-recall {title}".strip())
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -23,7 +23,7 @@ from absl import logging
 from flax import nnx
 
 import dpq_jax
-from dpq_jax import checkpointing, metric_writers, optim, parallel, registry
+from dpq_jax import checkpointing, inference, metric_writers, optim, parallel, registry
 from dpq_jax.data import pipeline, protocols
 
 
@@ -104,7 +104,7 @@ def training_subset(source, train_indices: np.ndarray):
 
 def model_signature(config: ml_collections.ConfigDict, num_classes: int, in_channels: int) -> dict:
     """What must match between a checkpoint and the current run for a resume to be valid
-    (also what `restore_model` needs to rebuild the model)."""
+    (also what `inference.restore_model` needs to rebuild the model)."""
     return {
         "method": config.method,
         "model": json.loads(config.model.to_json()),
@@ -124,6 +124,7 @@ def _build_evaluators(config, *, method, graphdef, source, splits, mesh):
             name,
             cfg,
             method=method,
+            code_lengths=method.code_lengths(config.model),
             graphdef=graphdef,
             source=source,
             splits=splits,
@@ -150,74 +151,11 @@ def _check_finite(finite_flags: list, first_step: int, last_step: int, ckpt) -> 
 
 def build_state(config, *, num_classes: int, in_channels: int):
     """Builds `(graphdef, state, schedule)` of the `(model, optimizer)` pair in train mode."""
-    method = registry.get("method", config.method)
-    model = method.build(
-        config.model, num_classes=num_classes, in_channels=in_channels, rngs=nnx.Rngs(config.seed)
-    )
-    tx, schedule = optim.make_optimizer(config.optim, int(config.total_steps))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model = inference.build_model(config, num_classes=num_classes, in_channels=in_channels)
+    optimizer, schedule = optim.make_nnx_optimizer(model, config.optim, int(config.total_steps))
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, schedule
-
-
-def restore_model(workdir: str, step: int | str = "best"):
-    """Rebuilds the trained model of a workdir for inference (notebooks, the retriever).
-
-    Args:
-      workdir: a training workdir (holds `config.json` and `checkpoints/`).
-      step: `"best"` (best on validation, else latest), `"latest"`, or a step number.
-
-    Returns:
-      `(config, method, model, meta)`: the run's config (unlocked ConfigDict), its
-      `Method`, the NNX model in eval mode, and the checkpoint's JSON metadata.
-
-    Raises:
-      FileNotFoundError: no `config.json` in `workdir`.
-      checkpointing.CheckpointError: no usable checkpoint.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a dpq_jax training workdir.")
-    with open(path, encoding="utf-8") as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config = _tuples(config)
-    ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_interval_steps=1,
-        best_metric=config.get("select_on") or None,
-    )
-    try:
-        if step == "best":
-            step = ckpt.best_step() or ckpt.latest_step()
-        elif step == "latest":
-            step = ckpt.latest_step()
-        if step is None:
-            raise checkpointing.CheckpointError(f"No checkpoint in {ckpt.directory}.")
-        meta = ckpt.restore_meta(step)
-        signature = meta["signature"]
-        graphdef, state, _ = build_state(
-            config, num_classes=signature["num_classes"], in_channels=signature["in_channels"]
-        )
-        state, meta = ckpt.restore(checkpointing.abstract_like(state), step=step)
-    finally:
-        ckpt.close()
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    return config, registry.get("method", config.method), model, meta
-
-
-def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """JSON turns tuples into lists; configs use tuples."""
-
-    def convert(x):
-        if isinstance(x, dict):
-            return {k: convert(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return tuple(convert(v) for v in x)
-        return x
-
-    return ml_collections.ConfigDict(convert(config.to_dict()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +206,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     splits = protocols.get_splits(
         config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
     )
-    _say(f"Protocol {config.protocol}: {splits.summary()}")
+    metric_writers.say(f"Protocol {config.protocol}: {splits.summary()}")
     train_source, num_classes = training_subset(source, splits.train)
     train_data = pipeline.TrainPipeline(
         train_source,
@@ -292,7 +230,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     num_params = sum(
         x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
     )
-    _say(
+    metric_writers.say(
         f"Model {config.method}: {num_params / 1e6:.2f}M parameters; {jax.device_count()} "
         f"device(s) ({jax.devices()[0].platform}), global batch {config.input.batch_size}."
     )
@@ -317,7 +255,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
                 "--workdir."
             )
         start_step = int(meta["step"])
-        _say(f"Resumed from step {start_step} in {ckpt.directory}.")
+        metric_writers.say(f"Resumed from step {start_step} in {ckpt.directory}.")
     meta_base = {
         "signature": signature,
         "split_checksum": splits.checksum(),
@@ -353,7 +291,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     last_metrics: dict[str, float] = {}
     finite_flags, window_start = [], start_step + 1
     stopped_early = False
-    progress = _progress_bar(total_steps, start_step)
+    progress = metric_writers.progress_bar(total_steps, start_step)
     t0, steps_in_window = time.perf_counter(), 0
     step = start_step
     try:
@@ -388,7 +326,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
                     eval_metrics.update(evaluator.run(state))
             if eval_metrics:
                 writer.write(step, eval_metrics)
-                _say(f"step {step}: {_fmt(eval_metrics)}")
+                metric_writers.say(f"step {step}: {metric_writers.format_scalars(eval_metrics)}")
             if ckpt_now or preempted:
                 selection = (
                     {select_on: eval_metrics[select_on]} if select_on in eval_metrics else None
@@ -429,14 +367,18 @@ def _final_report(
     step = ckpt.latest_step()
     if best is not None and best != step:
         state, _ = ckpt.restore(checkpointing.abstract_like(state), step=best)
-        _say(f"Selected the checkpoint of step {best} on {select_on} (validation split).")
+        metric_writers.say(
+            f"Selected the checkpoint of step {best} on {select_on} (validation split)."
+        )
         step = best
     final = {}
     curves = {}
     for name, evaluator in evaluators.items():
         if evaluator.final:
             final.update(evaluator.run(state))
-            curves[name] = evaluator.last_curve
+            for bits, curve in evaluator.last_curves.items():
+                label = f"{name} {bits}-bit" if evaluator.multi_head else name
+                curves[label] = curve
     baseline = {}
     if config.get("raw_pixel_baseline", True):
         for evaluator in evaluators.values():
@@ -445,6 +387,7 @@ def _final_report(
     writer.write(step, {**final, **baseline})
     rep = report_lib.build_report(
         config,
+        code_lengths=registry.get("method", config.method).code_lengths(config.model),
         step=step,
         selected_on=select_on,
         metrics=final,
@@ -459,29 +402,3 @@ def _final_report(
         )
         print(report_lib.format_report(rep), flush=True)
     return rep
-
-
-def _say(message: str) -> None:
-    """A status line on the console of process 0 (above the progress bar) and in the log."""
-    logging.info(message)
-    if jax.process_index() == 0:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
-
-
-def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
-
-
-def _progress_bar(total: int, initial: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc="train",
-        unit="step",
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-    )

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from dpq_jax import config_lib, registry
+from dpq_jax.methods import opqn
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py")))
@@ -52,12 +53,29 @@ def test_parse_arg():
     with pytest.raises(ValueError, match="not a int"):
         config_lib.parse_arg("bits=abc", bits=32)
     with pytest.raises(ValueError, match="choose one of"):
-        config_lib.opqn_shape(40)
+        opqn.pq_shape(40)
 
 
 def test_registry_error_lists_names():
-    with pytest.raises(KeyError, match="registered backbones: \\['cnn_small', 'sphereface20'\\]"):
+    with pytest.raises(KeyError, match=r"registered backbones: \[.*'sphereface20'.*\]"):
         registry.get("backbone", "resnet9000")
+    with pytest.raises(KeyError, match=r"registered methods: \[.*'opqn'.*\].*defines no METHOD"):
+        registry.get("method", "base")
+    with pytest.raises(KeyError, match="known kinds"):
+        registry.get("head", "opqn")
+
+
+def test_registry_finds_modules_by_name_and_registered_entries(monkeypatch):
+    from dpq_jax.models.backbones import cnn_small
+
+    assert registry.get("method", "opqn") is opqn.METHOD
+    assert registry.get("backbone", "cnn_small") is cnn_small.CNNSmall
+    assert "base" not in registry.names("method")
+    assert {"cnn_small", "sphereface20"} <= set(registry.names("backbone"))
+    monkeypatch.setattr(registry, "_TABLE", {k: dict(v) for k, v in registry._TABLE.items()})
+    registry.register("backbone", "my_net", "dpq_jax.models.backbones.cnn_small:CNNSmall")
+    assert registry.get("backbone", "my_net") is cnn_small.CNNSmall
+    assert "my_net" in registry.names("backbone")
 
 
 def _walk(tree):

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpq_jax import config_lib, parallel, train
+from dpq_jax import config_lib, inference, parallel, train
 from dpq_jax.data import orl, protocols
 from dpq_jax.data import pp as pp_lib
+from dpq_jax.methods import opqn
 from dpq_jax.search import cli, index
 from dpq_jax.search import reference as ref
 from dpq_jax.search.retriever import Retriever, default_query_side
@@ -56,7 +57,7 @@ def run(tmp_path_factory):
 def restored(run):
     """`restore_model`'s (config, method, model, meta) for the run's checkpoint."""
     workdir, _ = run
-    return train.restore_model(workdir, "best")
+    return inference.restore_model(workdir, "best")
 
 
 def _retriever(restored, **kwargs):
@@ -98,13 +99,15 @@ def _oracle_probs(feats, assign):
 
 
 def test_default_query_side_follows_the_final_evaluator():
+    method = opqn.METHOD
     config = config_lib.load_config(CONFIG, "runlocal")
-    assert default_query_side(config) == "soft_quantized"
+    assert default_query_side(config, method) == "soft_quantized"
     config = ml_collections.ConfigDict(
         {"evals": {"val": {"query_side": "raw"}, "test": {"query_side": "l2", "final": True}}}
     )
-    assert default_query_side(config) == "l2"
-    assert default_query_side(ml_collections.ConfigDict({"evals": {}})) == "soft_quantized"
+    assert default_query_side(config, method) == "l2"
+    empty = ml_collections.ConfigDict({"evals": {}})
+    assert default_query_side(empty, method) == method.default_query_side == "soft_quantized"
 
 
 def test_encode_equals_numpy_codes_in_fixed_batches(restored, run, oracle):
@@ -192,7 +195,7 @@ def test_save_load_round_trip_and_rejections(restored, run, tmp_path):
     extra = index.load_index_metadata(path)[1]["extra"]
     other = index.PQIndex(r.index.codebooks + 1.0, r.index.codes, method="opqn")
     other.save(tmp_path / "other.npz", extra=extra)
-    with pytest.raises(ValueError, match="codebooks"):
+    with pytest.raises(ValueError, match="other codebooks"):
         Retriever.load(tmp_path / "other.npz", workdir)
 
 
@@ -216,7 +219,7 @@ def test_bad_input_gives_clear_errors(restored, run):
         r.search(source.images[:1], 5)
     with pytest.raises(ValueError, match="ids must be 2 integers"):
         r.add(source.images[:2], [1])
-    with pytest.raises(ValueError, match="query_side"):
+    with pytest.raises(ValueError, match="query sides"):
         _retriever(restored, query_side="x")
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from dpq_jax import checkpointing, config_lib, train
+from dpq_jax import checkpointing, config_lib, inference, train
 from dpq_jax.data import orl
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "orl_opqn.py")
@@ -122,15 +122,15 @@ def test_restore_model_matches_trained_state(orl_data_dir, tmp_path):
 
     config = tiny_config(orl_data_dir, total_steps=2, ckpt_steps=2)
     result = train.train_and_evaluate(config, str(tmp_path))
-    _, method, model, meta = train.restore_model(str(tmp_path), step="latest")
+    _, method, model, meta = inference.restore_model(str(tmp_path), step="latest")
     assert meta["step"] == 2 and meta["signature"]["in_channels"] == 1
     graphdef, _, _ = train.build_state(config, num_classes=40, in_channels=1)
     trained, _ = nnx.merge(graphdef, result.state)
     trained.eval()
     images = np.random.default_rng(0).normal(size=(4, 32, 26, 1)).astype(np.float32)
     np.testing.assert_array_equal(
-        np.asarray(method.encode_fn(model, images)["codes"]),
-        np.asarray(method.encode_fn(trained, images)["codes"]),
+        np.asarray(method.encode_fn(model, images)["codes"][0]),
+        np.asarray(method.encode_fn(trained, images)["codes"][0]),
     )
     with pytest.raises(FileNotFoundError, match="not a dpq_jax training workdir"):
-        train.restore_model(str(tmp_path / "nowhere"))
+        inference.restore_model(str(tmp_path / "nowhere"))

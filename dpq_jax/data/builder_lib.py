@@ -13,7 +13,7 @@ that only knows how to check and read its on-disk layout (`check_layout`, `sourc
 * **What is written.** One TFDS split per release partition (`train`, `test`, `query`, ...), in
   array_record files, examples in release order (`disable_shuffling`). Features:
   `image` (a uint8 `tfds.features.Tensor` for small fixed-size releases, else a
-  `tfds.features.Image` fed PNG or JPEG bytes encoded here with PIL, so no TensorFlow is
+  `tfds.features.Image` fed PNG or JPEG bytes encoded by `image_io` (PIL), so no TensorFlow is
   needed), `label` (int64 `[n_labels]`: the example's class ids; exactly one for
   single-label releases) and `index` (int64, position in its split). The builder metadata
   records a fingerprint of the source files, the class names, the partitions and every label
@@ -34,8 +34,6 @@ image, label out of range) raises ValueError naming the file and what was expect
 
 import base64
 import dataclasses
-import hashlib
-import io
 import pathlib
 import pickle
 import threading
@@ -45,14 +43,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
 
+from dpq_jax import io_utils
+from dpq_jax.data import image_io
 from dpq_jax.data.release_source import LazyImages, PartitionedLabels, ReleaseSource
 
 # in_memory=None loads a release into host memory when its uint8 pixels take at most this.
 MAX_IN_MEMORY_BYTES = 1 << 30
-JPEG_QUALITY = 95
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
 _CACHE_NAME = "dpq_images.npz"
 
 
@@ -107,75 +104,6 @@ class ReleaseData:
 # ----------------------------------------------------------------------------------------------
 # File helpers (errors name the file and the expectation)
 # ----------------------------------------------------------------------------------------------
-def read_image_file(
-    path: str | pathlib.Path,
-    *,
-    channels: int = 3,
-    size: tuple[int, int] | None = None,
-    what: str = "image",
-) -> np.ndarray:
-    """Reads an image file as uint8 `[H, W, C]`, converted to RGB (C=3) or grey (C=1).
-
-    Args:
-      path: the file.
-      channels: 3 (RGB) or 1 (grey).
-      size: optional `(H, W)`; the image is resized to it (PIL bilinear, antialiased).
-      what: the dataset name for error messages.
-
-    Returns:
-      uint8 `[H, W, channels]`.
-
-    Raises:
-      ValueError: the file is missing, truncated or not an image PIL can decode.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()  # Decode now, so a truncated file fails here with its name.
-            im = im.convert("RGB" if channels == 3 else "L")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            pixels = np.asarray(im, np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(
-            f"{what}: cannot read image {path} ({e}); expected a complete image file "
-            f"({', '.join(IMAGE_SUFFIXES)}). Replace or remove it and rebuild."
-        ) from e
-    return pixels.reshape(*pixels.shape[:2], channels)
-
-
-def resize_array(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resizes a uint8 `[H, W, C]` array to `size = (H', W')` with PIL bilinear (None: as is)."""
-    if size is None or image.shape[:2] == tuple(size):
-        return image
-    channels = image.shape[-1]
-    im = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(im.resize((size[1], size[0]), Image.Resampling.BILINEAR), np.uint8)
-    return out.reshape(size[0], size[1], channels)
-
-
-def encode_image(image: np.ndarray, encoding: str) -> bytes:
-    """PNG (lossless) or JPEG (quality 95) bytes of a uint8 `[H, W, C]` image."""
-    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    buffer = io.BytesIO()
-    if encoding == "jpeg":
-        im.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    else:
-        im.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
-
-
-def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """uint8 `[H, W, C]` from PNG/JPEG bytes."""
-    with Image.open(io.BytesIO(data)) as im:
-        pixels = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.uint8)
-    return pixels.reshape(*pixels.shape[:2], channels)
-
-
-def list_images(folder: pathlib.Path) -> list[pathlib.Path]:
-    """Image files directly inside `folder` (by suffix, case-insensitive), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 class _NumpyUnpickler(pickle.Unpickler):
     """Unpickles NumPy arrays, lists, dicts, strings and numbers; refuses any other global.
 
@@ -228,24 +156,6 @@ def load_pickle(path: pathlib.Path, what: str, expected: str):
             f"{what}: cannot unpickle {path} ({type(e).__name__}: {e}); the file is truncated "
             f"or not the release's pickle. Expected {expected}. Download it again."
         ) from e
-
-
-def fingerprint(root: pathlib.Path, files: Sequence[pathlib.Path], content: bool) -> str:
-    """sha256 over relative names and either the bytes or the sizes of `files`.
-
-    Sizes only (content=False) for large image trees: hashing tens of GB on every load costs
-    minutes; a renamed, added, removed or resized file still changes the fingerprint.
-    """
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        if content:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(chunk)
-        else:
-            digest.update(str(path.stat().st_size).encode() + b"\0")
-    return digest.hexdigest()
 
 
 def encode_array(array: np.ndarray) -> dict:
@@ -489,7 +399,9 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.check_layout(path)
 
     def source_fingerprint(self, root: pathlib.Path) -> str:
-        return fingerprint(root, self.source_files(root), self.FINGERPRINT_CONTENT)
+        return io_utils.files_sha256(
+            root, self.source_files(root), content=self.FINGERPRINT_CONTENT
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing is downloaded.
@@ -533,7 +445,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             image = part.image(i)
             self._check_image(image, name, i)
             encoding = self.builder_config.encoding
-            data = image if encoding == "raw" else encode_image(image, encoding)
+            data = image if encoding == "raw" else image_io.encode_image(image, encoding)
             self._keep(name, part.size, i, image, data)
             yield (
                 i,
@@ -570,7 +482,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             self.kept[name] = np.empty((n, *image.shape), np.uint8)
         # What a reader will decode (JPEG is lossy), so a fresh and a cached load agree.
         lossy = self.builder_config.encoding == "jpeg"
-        self.kept[name][i] = decode_image(data, self.channels) if lossy else image
+        self.kept[name][i] = image_io.decode_image(data, self.channels) if lossy else image
 
 
 def _check_release(release: ReleaseData, what: str, root: pathlib.Path) -> None:
@@ -640,7 +552,7 @@ class SplitReader:
         if self._raw:
             image = np.asarray(example["image"], np.uint8)
         else:
-            image = decode_image(example["image"], self.image_shape[-1])
+            image = image_io.decode_image(example["image"], self.image_shape[-1])
         if image.shape != self.image_shape:
             raise ValueError(
                 f"{self.builder.RELEASE}: record {record} of split {self.split!r} decodes to "
@@ -747,12 +659,12 @@ def _in_memory_images(builder, names, lazy: LazyImages, meta) -> np.ndarray:
     cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
     if cache.exists():
         try:
-            with np.load(cache, allow_pickle=False) as data:
-                if str(data["source_sha256"]) == meta["source_sha256"] and (
-                    data["images"].shape == lazy.shape
-                ):
-                    return data["images"]
-        except (OSError, ValueError, KeyError) as e:
+            data, _ = io_utils.read_npz(cache, what="image cache", fix="It is rebuilt.")
+            if str(data["source_sha256"]) == meta["source_sha256"] and (
+                data["images"].shape == lazy.shape
+            ):
+                return data["images"]
+        except (ValueError, KeyError) as e:
             logging.warning("%s: ignoring unreadable cache %s (%s).", builder.RELEASE, cache, e)
     images = lazy.load()
     _write_cache(builder, images, meta)
@@ -761,11 +673,10 @@ def _in_memory_images(builder, names, lazy: LazyImages, meta) -> np.ndarray:
 
 def _write_cache(builder, images: np.ndarray, meta) -> None:
     cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
-    tmp = cache.with_name(cache.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, source_sha256=np.array(meta["source_sha256"]))
-        tmp.replace(cache)
+        io_utils.write_npz(
+            cache, {"images": images, "source_sha256": np.array(meta["source_sha256"])}
+        )
     except OSError as e:  # A read-only data_dir still works, only slower to load.
         logging.info("%s: could not write %s (%s).", builder.RELEASE, cache, e)
 

@@ -17,16 +17,24 @@ The source has one partition, `images`, in row order. Protocols for it: `holdout
 per-class query/validation hold-out, or random for multi-label data), or the ORL ones.
 
 Example:
-  >>> src = load_image_csv(source_dir="/data/shop", image_size=64)  # doctest: +SKIP
-  >>> src.labels.shape  # doctest: +SKIP
-  (1200, 17)
+  >>> import tempfile
+  >>> from PIL import Image
+  >>> root = pathlib.Path(tempfile.mkdtemp())
+  >>> for name in ("a.png", "b.png", "c.png"):
+  ...     Image.new("RGB", (20, 20)).save(root / name)
+  >>> _ = (root / "labels.csv").write_text("a.png,cat\\nb.png,dog,outdoor\\nc.png,cat,outdoor\\n")
+  >>> src = load_image_csv(root / "tfds", source_dir=root, image_size=8)  # doctest: +ELLIPSIS
+  Downloading and preparing dataset ...
+  >>> src.class_names, src.labels.tolist()
+  (('cat', 'dog', 'outdoor'), [[1, 0, 0], [0, 1, 1], [1, 0, 1]])
 """
 
 import csv
 import dataclasses
 import pathlib
 
-from dpq_jax.data import builder_lib
+from dpq_jax import io_utils
+from dpq_jax.data import builder_lib, image_io
 from dpq_jax.data.release_source import ReleaseSource
 
 
@@ -133,7 +141,7 @@ class DpqImageCsv(builder_lib.ReleaseBuilder):
         # Paths may lie outside root (absolute); name them by their full path.
         files = self.source_files(root)
         anchor = pathlib.Path(root.anchor or "/")
-        return builder_lib.fingerprint(anchor, [p.resolve() for p in files], content=False)
+        return io_utils.files_sha256(anchor, [p.resolve() for p in files], content=False)
 
     def read_release(self, root):
         path = self._csv(root)
@@ -145,7 +153,7 @@ class DpqImageCsv(builder_lib.ReleaseBuilder):
         multi = any(len(row) > 1 for row in label_lists)
 
         def image(i):
-            return builder_lib.read_image_file(
+            return image_io.read_image(
                 paths[i], channels=self.channels, size=self.image_size, what="image CSV"
             )
 

@@ -9,7 +9,7 @@ The layout is torchvision's `ImageFolder`, which the OPQN code reads its face se
 
 Class ids are the sorted union of the class folder names over all partitions (so the same
 identity folder in `train/` and `test/` gets the same id). Image files are recognised by suffix
-(`builder_lib.IMAGE_SUFFIXES`); other files are ignored, an image file outside a class folder or
+(`image_io.IMAGE_SUFFIXES`); other files are ignored, an image file outside a class folder or
 a class folder without images is an error. Images are converted to RGB (or grey) and resized
 to `image_size` at build time.
 
@@ -29,9 +29,16 @@ start with a crop. VGGFace2 is read lazily by default (`in_memory=False`).
 `source_cross_train`, `source_cross_test`, `target_train`, `target_test`).
 
 Example:
-  >>> src = load_image_folder(source_dir="/data/my_photos", image_size=(64, 64))  # doctest: +SKIP
-  >>> src.partition_names, src.class_names[:2]  # doctest: +SKIP
-  (('images',), ('cats', 'dogs'))
+  >>> import tempfile
+  >>> from PIL import Image
+  >>> root = pathlib.Path(tempfile.mkdtemp())
+  >>> for name in ("cats/a.png", "cats/b.png", "dogs/c.jpg"):
+  ...     (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+  ...     Image.new("RGB", (40, 30)).save(root / "photos" / name)
+  >>> src = load_image_folder(root / "tfds", root / "photos", image_size=16)  # doctest: +ELLIPSIS
+  Downloading and preparing dataset ...
+  >>> src.partition_names, src.class_names, src.images.shape
+  (('images',), ('cats', 'dogs'), (3, 16, 16, 3))
 """
 
 import dataclasses
@@ -40,7 +47,7 @@ from collections.abc import Sequence
 
 from absl import logging
 
-from dpq_jax.data import builder_lib
+from dpq_jax.data import builder_lib, image_io
 from dpq_jax.data.release_source import ReleaseSource, concat_sources, select_partitions
 
 FLAT = "images"  # the partition name of a flat folder
@@ -127,7 +134,7 @@ def scan_folder(
                 f"{what}: missing folder {folder}; expected one sub-folder per class in it."
             )
         classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        strays = builder_lib.list_images(folder)
+        strays = image_io.list_images(folder)
         if strays:
             raise ValueError(
                 f"{what}: image file {strays[0]} lies directly in {folder}; expected one "
@@ -139,11 +146,11 @@ def scan_folder(
             )
         items = []
         for class_dir in classes:
-            images = builder_lib.list_images(class_dir)
+            images = image_io.list_images(class_dir)
             if not images:
                 raise ValueError(
                     f"{what}: class folder {class_dir} holds no image files "
-                    f"({', '.join(builder_lib.IMAGE_SUFFIXES)}); remove it or add images."
+                    f"({', '.join(image_io.IMAGE_SUFFIXES)}); remove it or add images."
                 )
             items += [(path, class_dir.name) for path in images]
         out[part] = items
@@ -208,7 +215,7 @@ class DpqIdentityFolders(builder_lib.ReleaseBuilder):
 
     def _reader(self, paths):
         def image(i):
-            return builder_lib.read_image_file(
+            return image_io.read_image(
                 paths[i], channels=self.channels, size=self.image_size, what=self.what
             )
 

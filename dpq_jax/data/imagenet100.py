@@ -24,7 +24,7 @@ import pathlib
 
 from absl import logging
 
-from dpq_jax.data import builder_lib
+from dpq_jax.data import builder_lib, image_io
 from dpq_jax.data.release_source import ReleaseSource
 
 CLASS_LIST = "classes.txt"
@@ -91,7 +91,7 @@ class DpqImagenet100(builder_lib.ReleaseBuilder):
                         f"ImageNet-100: missing class folder {folder} (class {k} of "
                         f"{root / CLASS_LIST})."
                     )
-                images = builder_lib.list_images(folder)
+                images = image_io.list_images(folder)
                 if not images:
                     raise ValueError(f"ImageNet-100: class folder {folder} holds no images.")
                 pairs += [(p, k) for p in images]
@@ -115,7 +115,7 @@ class DpqImagenet100(builder_lib.ReleaseBuilder):
             paths = [p for p, _ in pairs]
 
             def image(i, paths=paths):
-                return builder_lib.read_image_file(
+                return image_io.read_image(
                     paths[i], channels=3, size=self.image_size, what="ImageNet-100"
                 )
 

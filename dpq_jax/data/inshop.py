@@ -22,7 +22,7 @@ import pathlib
 
 from absl import logging
 
-from dpq_jax.data import builder_lib
+from dpq_jax.data import builder_lib, image_io
 from dpq_jax.data.release_source import ReleaseSource
 
 PARTITIONS = ("train", "query", "gallery")
@@ -123,7 +123,7 @@ class DpqInshop(builder_lib.ReleaseBuilder):
             paths = [p for p, _ in chosen]
 
             def image(i, paths=paths):
-                return builder_lib.read_image_file(
+                return image_io.read_image(
                     paths[i], channels=3, size=self.image_size, what="In-shop"
                 )
 

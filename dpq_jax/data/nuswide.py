@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
-from dpq_jax.data import builder_lib
+from dpq_jax.data import builder_lib, image_io
 from dpq_jax.data.release_source import ReleaseSource
 
 NUM_CONCEPTS = 21
@@ -183,9 +183,7 @@ class DpqNuswide(builder_lib.ReleaseBuilder):
         label_lists = [np.flatnonzero(hot[i]) for i in keep]
 
         def image(j):
-            return builder_lib.read_image_file(
-                paths[j], channels=3, size=self.image_size, what="NUS-WIDE"
-            )
+            return image_io.read_image(paths[j], channels=3, size=self.image_size, what="NUS-WIDE")
 
         return builder_lib.ReleaseData(
             partitions={"images": builder_lib.PartitionData.multi(label_lists, image)},

@@ -11,8 +11,10 @@ it back through `builder.as_data_source()`, which needs no TensorFlow. No networ
 `try_download_gcs` is forced off and the builder downloads nothing.
 
 Example:
-  >>> src = load_orl_faces(data_dir="/tmp/tfds")  # doctest: +SKIP
-  >>> src.images.shape, src.num_classes  # doctest: +SKIP
+  >>> import tempfile
+  >>> src = load_orl_faces(data_dir=tempfile.mkdtemp())  # doctest: +ELLIPSIS
+  Downloading and preparing dataset ...
+  >>> src.images.shape, src.num_classes
   ((400, 112, 92, 1), 40)
 
 References:
@@ -21,15 +23,15 @@ References:
 """
 
 import dataclasses
-import hashlib
 import importlib.util
 import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
 
+from dpq_jax import io_utils
+from dpq_jax.data import image_io
 from dpq_jax.data.sources import ArraySource
 
 ORL_NUM_IDENTITIES = 40
@@ -177,17 +179,13 @@ def read_orl_folder(
     images = np.empty((len(files), h, w, 1), np.uint8)
     labels = np.empty((len(files),), np.int64)
     for i, (k, _, path) in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                mode, pixels = im.mode, np.asarray(im)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"ORL faces: cannot read image {path} ({e}).") from e
-        if mode != "L" or pixels.shape != (h, w):
+        pixels = image_io.read_image(path, channels=1, strict=True, what="ORL faces")
+        if pixels.shape != (h, w, 1):
             raise ValueError(
-                f"ORL faces: {path} is a {mode!r} image of shape {pixels.shape}; expected "
-                f"8-bit grey ('L') of shape {(h, w)}."
+                f"ORL faces: {path} has shape {pixels.shape[:2]}; expected 8-bit grey ('L') "
+                f"of shape {(h, w)}."
             )
-        images[i, ..., 0] = pixels
+        images[i] = pixels
         labels[i] = k
     return images, labels
 
@@ -206,11 +204,8 @@ def source_fingerprint(source_dir: str | pathlib.Path, config: DpqOrlFacesConfig
       ValueError: the folder does not have the expected layout.
     """
     root = pathlib.Path(source_dir)
-    digest = hashlib.sha256()
-    for _, _, path in _expected_files(root, config):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    files = [path for _, _, path in _expected_files(root, config)]
+    return io_utils.files_sha256(root, files, content=True)
 
 
 class DpqOrlFaces(tfds.core.GeneratorBasedBuilder):

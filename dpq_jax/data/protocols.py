@@ -45,12 +45,12 @@ import dataclasses
 import hashlib
 import inspect
 import pathlib
-import zipfile
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from absl import logging
 
+from dpq_jax import io_utils
 from dpq_jax.data.release_source import partition_indices
 
 SPLIT_NAMES = ("train", "val_query", "val_database", "query", "database")
@@ -138,34 +138,30 @@ class Splits:
         """Writes the arrays, protocol, seed and checksum to a `.npz` file (atomically)."""
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                format=np.array(_FORMAT),
-                protocol=np.array(self.protocol),
-                seed=np.array(self.seed, np.int64),
-                checksum=np.array(self.checksum()),
+        io_utils.write_npz(
+            path,
+            {
+                "format": np.array(_FORMAT),
+                "protocol": np.array(self.protocol),
+                "seed": np.array(self.seed, np.int64),
+                "checksum": np.array(self.checksum()),
                 **self.arrays(),
-            )
-        tmp.replace(path)
+            },
+        )
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "Splits":
         """Reads a file written by `save` and verifies its checksum.
 
         Raises:
+          FileNotFoundError: no such file.
           ValueError: unreadable, foreign (not a dpq_jax split file) or corrupt (checksum
             mismatch or broken invariants) file; the message names the path.
         """
         path = pathlib.Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                contents = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(
-                f"Cannot read split file {path} ({e}); delete it to recompute the splits."
-            ) from e
+        contents, _ = io_utils.read_npz(
+            path, what="split file", fix="Delete it to recompute the splits."
+        )
         missing = [
             k for k in ("format", "protocol", "seed", "checksum", *SPLIT_NAMES) if k not in contents
         ]

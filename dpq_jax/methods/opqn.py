@@ -18,52 +18,47 @@ References:
   Retrieval", Pattern Recognition 2023 (arXiv 2107.00327); METHODS.md Sec. 1.
 """
 
+import functools
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dpq_jax import registry
 from dpq_jax.losses.margin import check_labels, subspace_cosface
 from dpq_jax.losses.quantization import assignment_entropy
-from dpq_jax.methods.base import Method
-from dpq_jax.quantizers.opqn import (
-    OrthoPQHead,
-    hard_codes,
-    probability_lut,
-    split_subvectors,
-)
+from dpq_jax.methods import base
+from dpq_jax.quantizers.opqn import OrthoPQHead, hard_codes, probability_lut
+from dpq_jax.quantizers.pq import soft_quantize, split_subvectors
+from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Backbone arguments that build() sets itself; a config must not repeat them.
 _RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
-_MISSING = object()
+
+# OPQN code lengths with K = 256 codewords per book and D = M·K (so d = K: every codebook is
+# a full orthonormal basis of its subspace; the 112×112 regime of OPQN, METHODS §1.1).
+BITS_TO_MK = {16: (2, 256), 24: (3, 256), 32: (4, 256), 48: (6, 256), 64: (8, 256)}
 
 
-def _field(cfg: Any, name: str, default: Any = _MISSING) -> Any:
-    """`cfg.name` for a ConfigDict / attribute object, or `cfg[name]` for a mapping."""
-    if isinstance(cfg, Mapping):
-        if name in cfg:
-            return cfg[name]
-    else:
-        try:
-            return getattr(cfg, name)
-        except (AttributeError, KeyError):
-            pass
-    if default is _MISSING:
-        raise ValueError(f"The OPQN config is missing the field {name!r}; add it to the config.")
-    return default
+def pq_shape(bits: int) -> tuple[int, int]:
+    """(M, K) of an OPQN code of `bits` bits with K = 256.
+
+    Example:
+      >>> pq_shape(32)
+      (4, 256)
+    """
+    if bits not in BITS_TO_MK:
+        raise ValueError(f"bits={bits} not supported; choose one of {sorted(BITS_TO_MK)}.")
+    return BITS_TO_MK[bits]
 
 
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict
-        return dict(cfg.to_dict())
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    return dict(vars(cfg))
+_field = functools.partial(base.field, what="OPQN")
 
 
 def _dtype(name: Any):
@@ -150,128 +145,164 @@ class OPQNModel(nnx.Module):
         return self.head(self.backbone(images))
 
 
-def build(model_cfg: Any, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> OPQNModel:
-    """Builds an `OPQNModel` from the config's `model` group.
+class OPQN(base.PQMethod):
+    """OPQN: fixed orthonormal codewords, subspace CosFace, entropy regulariser (one head).
 
-    Args:
-      model_cfg: ConfigDict (or attribute object / mapping) with `backbone` (`name` plus
-        backbone kwargs), `embedding_dim`, `head.{num_codebooks, codebook_size,
-        codebook_init, seed}` and `dtype` ("float32" | "bfloat16"; default "float32").
-      num_classes: C, training identities.
-      in_channels: image channels.
-      rngs: `nnx.Rngs`.
-
-    Returns:
-      The model, in NNX train mode (BatchNorm uses batch statistics).
-
-    Raises:
-      ValueError: a missing field or invalid sizes (the messages name the fix).
+    Query sides: `"soft_quantized"` (OPQN's probability table, the reference's search),
+    `"raw"` (inner product of the raw embedding with the codewords) and `"l2"` (squared
+    distance of the soft-quantized query to the codewords, OPQN-l2q).
     """
-    backbone_cfg = _as_dict(_field(model_cfg, "backbone"))
-    if "name" not in backbone_cfg:
-        raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'sphereface20').")
-    name = backbone_cfg.pop("name")
-    head = _field(model_cfg, "head")
-    return OPQNModel(
-        in_channels,
-        num_classes,
-        backbone=name,
-        backbone_kwargs=backbone_cfg,
-        embedding_dim=int(_field(model_cfg, "embedding_dim")),
-        num_codebooks=int(_field(head, "num_codebooks")),
-        codebook_size=int(_field(head, "codebook_size")),
-        codebook_init=_field(head, "codebook_init", "dct"),
-        seed=int(_field(head, "seed", 0)),
-        dtype=_dtype(_field(model_cfg, "dtype", "float32")),
-        rngs=rngs,
-    )
+
+    name = "opqn"
+    query_sides = ("soft_quantized", "raw", "l2")
+    distance_sides = ("l2",)
+
+    def code_lengths(self, model_cfg) -> tuple[int, ...]:
+        """`(M log2 K,)`: OPQN trains one code length per model."""
+        head = _field(model_cfg, "head")
+        num_codebooks, codebook_size = (
+            int(_field(head, "num_codebooks")),
+            int(_field(head, "codebook_size")),
+        )
+        return (int(num_codebooks * math.log2(codebook_size)),)
+
+    def build(
+        self, model_cfg: Any, *, num_classes: int, in_channels: int, rngs: nnx.Rngs
+    ) -> OPQNModel:
+        """Builds an `OPQNModel` from the config's `model` group.
+
+        Args:
+          model_cfg: ConfigDict (or attribute object / mapping) with `backbone` (`name` plus
+            backbone kwargs), `embedding_dim`, `head.{num_codebooks, codebook_size,
+            codebook_init, seed}` and `dtype` ("float32" | "bfloat16"; default "float32").
+          num_classes: C, training identities.
+          in_channels: image channels.
+          rngs: `nnx.Rngs`.
+
+        Returns:
+          The model, in NNX train mode (BatchNorm uses batch statistics).
+
+        Raises:
+          ValueError: a missing field or invalid sizes (the messages name the fix).
+        """
+        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
+        if "name" not in backbone_cfg:
+            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'sphereface20').")
+        name = backbone_cfg.pop("name")
+        head = _field(model_cfg, "head")
+        return OPQNModel(
+            in_channels,
+            num_classes,
+            backbone=name,
+            backbone_kwargs=backbone_cfg,
+            embedding_dim=int(_field(model_cfg, "embedding_dim")),
+            num_codebooks=int(_field(head, "num_codebooks")),
+            codebook_size=int(_field(head, "codebook_size")),
+            codebook_init=_field(head, "codebook_init", "dct"),
+            seed=int(_field(head, "seed", 0)),
+            dtype=_dtype(_field(model_cfg, "dtype", "float32")),
+            rngs=rngs,
+        )
+
+    def loss_fn(self, model: OPQNModel, batch: Mapping[str, Array], loss_cfg: Any):
+        """OPQN's training loss: `1/2 (CosFace(x) + CosFace(s)) + mu * H(p)`.
+
+        BatchNorm and Dropout follow the model's NNX mode (call `model.train()` first); under
+        `nnx.grad`/a functional step, the BatchNorm running statistics update in place.
+
+        Args:
+          model: an `OPQNModel`.
+          batch: `image [B, H, W, C]` float32 and `label [B]` int32.
+          loss_cfg: fields `scale` (s), `margin` (m) and `entropy_weight` (mu).
+
+        Returns:
+          `(loss, aux)`: the scalar float32 total, and scalars `loss_clf_raw`, `loss_clf_soft`,
+          `loss_entropy` and `code_usage` (mean over books of the fraction of the K codewords
+          picked by at least one item of the batch).
+
+        Raises:
+          ValueError: a missing loss field, shape mismatches, or concrete labels outside [0, C).
+
+        References:
+          OPQN Sec. 3.3; METHODS.md Sec. 1.2.
+        """
+        scale = float(_field(loss_cfg, "scale"))
+        margin = float(_field(loss_cfg, "margin"))
+        entropy_weight = float(_field(loss_cfg, "entropy_weight"))
+        weights = model.classifier[...]
+        labels = batch["label"]
+        # Fail before the (expensive) forward pass when eager labels are out of range.
+        check_labels(labels, batch["image"].shape[0], weights.shape[1])
+        out = model(batch["image"])
+        m = model.num_codebooks
+        loss_raw = subspace_cosface(
+            split_subvectors(out.feats, m), weights, labels, scale=scale, margin=margin
+        )
+        loss_soft = subspace_cosface(
+            split_subvectors(out.soft, m), weights, labels, scale=scale, margin=margin
+        )
+        loss_entropy = assignment_entropy(out.probs)
+        total = 0.5 * (loss_raw + loss_soft) + entropy_weight * loss_entropy
+        used = jnp.max(jax.nn.one_hot(out.codes, out.probs.shape[-1]), axis=0)  # [M, K]
+        aux = dict(
+            loss_clf_raw=loss_raw,
+            loss_clf_soft=loss_soft,
+            loss_entropy=loss_entropy,
+            code_usage=jnp.mean(used),
+        )
+        return total, aux
+
+    def encode_fn(self, model: OPQNModel, images: Float[Array, "B H W C"]) -> dict[str, Array]:
+        """Database encoding: features and codes `argmax_k x_m A_m` (call `model.eval()` first).
+
+        Returns:
+          dict(feats `[B, D]` float32, codes `([B, M] uint8,)`: one head).
+        """
+        feats = model.backbone(images).astype(jnp.float32)
+        codes = hard_codes(split_subvectors(feats, model.num_codebooks), model.head.assign[...])
+        return dict(feats=feats, codes=(codes,))
+
+    def query_fn(self, model: OPQNModel, images: Float[Array, "B H W C"]) -> dict[str, Array]:
+        """Query encoding: features and the lookup table `softmax_k(q_m/|q_m| A_m)`.
+
+        Score a database item as `sum_m probs[q, m, code_m]` (higher is closer). Call
+        `model.eval()` first.
+
+        Returns:
+          dict(feats `[B, D]` float32, probs `([B, M, K] float32,)`: one head).
+        """
+        feats = model.backbone(images).astype(jnp.float32)
+        probs = probability_lut(
+            split_subvectors(feats, model.num_codebooks), model.head.assign[...]
+        )
+        return dict(feats=feats, probs=(probs,))
+
+    def codebooks_fn(self, model: OPQNModel) -> tuple[Float[Array, "M K d"]]:
+        """The fixed `[M, K, d]` float32 codewords (rows orthonormal within each book)."""
+        return (model.head.codebooks[...],)
+
+    def query_tables(self, queries, *, head, codebooks, query_side):
+        """ADC tables `[Q, M, K]` for a query side (METHODS §1.4).
+
+        `"soft_quantized"`: OPQN's probability table, equal to the inner product of the
+        soft-quantized query with the codewords because they are orthonormal; `"raw"`: inner
+        product with the raw embedding; `"l2"`: squared distance to the soft-quantized query
+        (ranked ascending).
+        """
+        if query_side == "soft_quantized":
+            return luts_lib.lut_soft_quantized(queries["probs"][head], codebooks)
+        if query_side == "raw":
+            return luts_lib.lut_inner_product(queries["feats"], codebooks)
+        if query_side == "l2":
+            soft = soft_quantize(queries["probs"][head], codebooks)  # s_m = sum_k p_mk c_mk
+            return luts_lib.lut_l2(soft, codebooks)
+        raise ValueError(f"query_side must be one of {self.query_sides}, got {query_side!r}.")
+
+    def query_vectors(self, queries, *, head, codebooks, query_side):
+        """`"raw"`: the embedding; otherwise the soft-quantized query `[sum_k p_mk c_mk]_m`."""
+        if query_side == "raw":
+            return np.asarray(queries["feats"], np.float32)
+        return np.asarray(luts_lib.soft_quantized_vectors(queries["probs"][head], codebooks))
 
 
-def loss_fn(model: OPQNModel, batch: Mapping[str, Array], loss_cfg: Any):
-    """OPQN's training loss: `1/2 (CosFace(x) + CosFace(s)) + mu * H(p)`.
-
-    BatchNorm and Dropout follow the model's NNX mode (call `model.train()` first); under
-    `nnx.grad`/a functional step, the BatchNorm running statistics update in place.
-
-    Args:
-      model: an `OPQNModel`.
-      batch: `image [B, H, W, C]` float32 and `label [B]` int32.
-      loss_cfg: fields `scale` (s), `margin` (m) and `entropy_weight` (mu).
-
-    Returns:
-      `(loss, aux)`: the scalar float32 total, and scalars `loss_clf_raw`, `loss_clf_soft`,
-      `loss_entropy` and `code_usage` (mean over books of the fraction of the K codewords
-      picked by at least one item of the batch).
-
-    Raises:
-      ValueError: a missing loss field, shape mismatches, or concrete labels outside [0, C).
-
-    References:
-      OPQN Sec. 3.3; METHODS.md Sec. 1.2.
-    """
-    scale = float(_field(loss_cfg, "scale"))
-    margin = float(_field(loss_cfg, "margin"))
-    entropy_weight = float(_field(loss_cfg, "entropy_weight"))
-    weights = model.classifier[...]
-    labels = batch["label"]
-    # Fail before the (expensive) forward pass when eager labels are out of range.
-    check_labels(labels, batch["image"].shape[0], weights.shape[1])
-    out = model(batch["image"])
-    m = model.num_codebooks
-    loss_raw = subspace_cosface(
-        split_subvectors(out.feats, m), weights, labels, scale=scale, margin=margin
-    )
-    loss_soft = subspace_cosface(
-        split_subvectors(out.soft, m), weights, labels, scale=scale, margin=margin
-    )
-    loss_entropy = assignment_entropy(out.probs)
-    total = 0.5 * (loss_raw + loss_soft) + entropy_weight * loss_entropy
-    used = jnp.max(jax.nn.one_hot(out.codes, out.probs.shape[-1]), axis=0)  # [M, K]
-    aux = dict(
-        loss_clf_raw=loss_raw,
-        loss_clf_soft=loss_soft,
-        loss_entropy=loss_entropy,
-        code_usage=jnp.mean(used),
-    )
-    return total, aux
-
-
-def encode_fn(model: OPQNModel, images: Float[Array, "B H W C"]) -> dict[str, Array]:
-    """Database encoding: features and codes `argmax_k x_m A_m` (call `model.eval()` first).
-
-    Returns:
-      dict(feats `[B, D]` float32, codes `[B, M]` uint8).
-    """
-    feats = model.backbone(images).astype(jnp.float32)
-    codes = hard_codes(split_subvectors(feats, model.num_codebooks), model.head.assign[...])
-    return dict(feats=feats, codes=codes)
-
-
-def query_fn(model: OPQNModel, images: Float[Array, "B H W C"]) -> dict[str, Array]:
-    """Query encoding: features and the lookup table `softmax_k(q_m/|q_m| A_m)`.
-
-    Score a database item as `sum_m probs[q, m, code_m]` (higher is closer). Call
-    `model.eval()` first.
-
-    Returns:
-      dict(feats `[B, D]` float32, probs `[B, M, K]` float32).
-    """
-    feats = model.backbone(images).astype(jnp.float32)
-    probs = probability_lut(split_subvectors(feats, model.num_codebooks), model.head.assign[...])
-    return dict(feats=feats, probs=probs)
-
-
-def codebooks_fn(model: OPQNModel) -> Float[Array, "M K d"]:
-    """The fixed `[M, K, d]` float32 codewords (rows orthonormal within each book)."""
-    return model.head.codebooks[...]
-
-
-METHOD = Method(
-    name="opqn",
-    build=build,
-    loss_fn=loss_fn,
-    encode_fn=encode_fn,
-    query_fn=query_fn,
-    codebooks_fn=codebooks_fn,
-    index_kind="pq",
-)
+METHOD = OPQN()

@@ -43,13 +43,17 @@ def relevance_matrix(query_labels, db_labels) -> np.ndarray:
 
 
 def pack_bits(bits) -> np.ndarray:
-    """[n, b] 0/1 -> [n, ceil(b/32)] uint32, bit i in word i // 32 at position i % 32."""
+    """[n, b] codes -> [n, ceil(b/32)] uint32, bit i in word i // 32 at position i % 32.
+
+    A value is a 1-bit when it is > 0 (as `dpq_jax.search.kernels.pack_bits`): {0, 1} bits and
+    {-1, +1} signs pack the same way.
+    """
     bits = np.asarray(bits)
     n, b = bits.shape
     words = np.zeros((n, -(-b // 32)), np.uint32)
     for r in range(n):
         for i in range(b):
-            if bits[r, i]:
+            if bits[r, i] > 0:
                 words[r, i // 32] |= np.uint32(1 << (i % 32))
     return words
 

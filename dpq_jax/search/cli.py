@@ -21,8 +21,9 @@ Image sources (`--database`, `--queries`):
 - `tfds:NAME:SPLIT`: a prepared TFDS dataset read without TensorFlow
   (`tfds.data_source`, feature `--image_key`), from `--data_dir`.
 
-Each result row holds the query, rank, database id, score (inner product, or squared distance
-for the `l2` query side), and the database item's name and label. The index file is a
+Each result row holds the query, rank, database id, score (PQ codes: inner product, or squared
+distance for a distance query side such as OPQN's `l2`; binary codes: Hamming distance), and
+the database item's name and label. The index file is a
 `Retriever` file (`dpq_jax.search.retriever`); item names and labels are kept in its metadata.
 """
 
@@ -64,19 +65,9 @@ class Items:
             yield self.images(start, stop), self.ids[start:stop]
 
 
-def _read_image(path: pathlib.Path, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(img, np.uint8)
-    except OSError as e:
-        raise ValueError(f"Cannot read image {str(path)!r}: {e}") from e
-    return arr[..., None] if arr.ndim == 2 else arr
-
-
 def _path_items(spec: str, channels: int, relative: bool) -> Items:
+    from dpq_jax.data import image_io
+
     root = pathlib.Path(spec)
     if root.is_file():
         files, base = [root], None
@@ -99,7 +90,7 @@ def _path_items(spec: str, channels: int, relative: bool) -> Items:
         names,
         labels,
         np.arange(len(files), dtype=np.int64),
-        lambda a, b: [_read_image(p, channels) for p in files[a:b]],
+        lambda a, b: [image_io.read_image(p, channels, what="dpq-search") for p in files[a:b]],
     )
 
 
@@ -273,8 +264,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--query_side",
             default=None,
-            choices=("soft_quantized", "raw", "l2"),
-            help="default: the side the run was evaluated with",
+            help="one of the method's query sides (OPQN: soft_quantized, raw, l2); default: "
+            "the side the run was evaluated with",
+        )
+        p.add_argument(
+            "--code_length",
+            type=int,
+            default=None,
+            help="bits: which code length of a multi-length model to use (default: longest)",
         )
         p.add_argument("--batch_size", type=int, default=None, help="images per model call")
         p.add_argument("--data_dir", default=None, help="TFDS data_dir for dataset/tfds sources")
@@ -315,8 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         step = _step(args.step)
         options = dict(batch_size=args.batch_size)
         if args.command == "query" and args.index:
-            if args.query_side is not None:
-                raise ValueError("--query_side is fixed by the index file; drop it with --index.")
+            if args.query_side is not None or args.code_length is not None:
+                raise ValueError(
+                    "--query_side and --code_length are fixed by the index file; drop them "
+                    "with --index."
+                )
             if isinstance(step, str):
                 raise ValueError(
                     "With --index, --step must be the checkpoint step number the index was "
@@ -326,7 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             catalog = (retriever.extra or {}).get("items", {})
         else:
             retriever = Retriever.from_workdir(
-                args.workdir, "best" if step is None else step, args.query_side, **options
+                args.workdir,
+                "best" if step is None else step,
+                args.query_side,
+                code_length=args.code_length,
+                **options,
             )
             database = load_items(
                 args.database,

@@ -21,7 +21,7 @@ Layouts (all checked by the tests):
   codebooks are padded with zero codewords that no stored code refers to, so scores are
   unchanged.
 - Binary codes: FAISS reads bit `j` of a code from bit `j % 8` (least significant first) of
-  byte `j // 8` (its `fvec2bitvec` order). Our `hamming.pack_bits` puts bit `j` at bit `j % 32`
+  byte `j // 8` (its `fvec2bitvec` order). Our `kernels.pack_bits` puts bit `j` at bit `j % 32`
   of uint32 word `j // 32`; the little-endian bytes of those words are therefore already in
   FAISS order, and `faiss_binary_codes` takes them as `<u4` bytes (explicitly little-endian, so
   a big-endian host converts too), keeping `ceil(b / 8)` bytes. FAISS needs a multiple of 8
@@ -59,7 +59,7 @@ References:
 import numpy as np
 
 from dpq_jax.search import index as index_lib
-from dpq_jax.search.hamming import WORD_BITS
+from dpq_jax.search.kernels import WORD_BITS
 
 _FAISS_METRICS = {"ip": "METRIC_INNER_PRODUCT", "l2": "METRIC_L2"}
 
@@ -226,7 +226,7 @@ def faiss_binary_codes(packed: np.ndarray, num_bits: int) -> np.ndarray:
     """Our packed uint32 codes as FAISS binary codes (NumPy only, no FAISS needed).
 
     Args:
-      packed: `[N, ceil(b / 32)]` uint32 from `hamming.pack_bits`.
+      packed: `[N, ceil(b / 32)]` uint32 from `kernels.pack_bits`.
       num_bits: code length b.
 
     Returns:
@@ -238,7 +238,7 @@ def faiss_binary_codes(packed: np.ndarray, num_bits: int) -> np.ndarray:
     packed = np.asarray(packed)
     if packed.ndim != 2 or packed.dtype != np.uint32:
         raise ValueError(
-            f"packed must be uint32 [N, W] from hamming.pack_bits, got "
+            f"packed must be uint32 [N, W] from kernels.pack_bits, got "
             f"{packed.dtype}{list(packed.shape)}."
         )
     words = -(-int(num_bits) // WORD_BITS)

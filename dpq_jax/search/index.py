@@ -18,9 +18,7 @@ stored two per byte (`pack_nibbles`) by default.
 
 import dataclasses
 import functools
-import hashlib
 import json
-import os
 import pathlib
 
 import jax
@@ -28,13 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpq_jax
-from dpq_jax.search import adc, hamming
+from dpq_jax import io_utils
+from dpq_jax.search import adc, checks, hamming, kernels
 from dpq_jax.typing import Array, Int, UInt8
 
 FORMAT = "dpq_jax.index"
 FORMAT_VERSION = 1
 METRICS = ("ip", "l2")
-_META_KEY = "__metadata__"
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +61,7 @@ def pack_nibbles(codes: Int[Array, "n m"]) -> UInt8[Array, "n half"]:
         raise ValueError(
             f"codes must be a 2-D integer array [N, M], got {codes.dtype}{codes.shape}."
         )
-    bounds = adc.value_range(codes) if codes.size else None
+    bounds = checks.value_range(codes) if codes.size else None
     if bounds is not None and (bounds[0] < 0 or bounds[1] > 15):
         raise ValueError(
             f"4-bit packing needs codes in [0, 16), found [{bounds[0]}, {bounds[1]}]; store "
@@ -117,17 +115,6 @@ def _unpack_nibbles(packed, *, num_codebooks):
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def _array_meta(arrays: dict[str, np.ndarray]) -> dict:
-    return {
-        name: {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _sha256(a)}
-        for name, a in arrays.items()
-    }
-
-
 def _check_ids(ids, num_items: int) -> np.ndarray:
     if ids is None:
         return np.arange(num_items, dtype=np.int64)
@@ -160,85 +147,6 @@ def _extra_meta(extra) -> dict:
             f"dict) that survives a JSON round trip unchanged (no tuples), got {extra!r:.200}."
         )
     return {"extra": extra}
-
-
-def _write_npz(path, arrays: dict[str, np.ndarray], meta: dict) -> pathlib.Path:
-    path = pathlib.Path(path)
-    payload = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{_META_KEY: payload}, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _read_npz(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Reads and verifies an index file; returns (arrays, metadata)."""
-
-    def fail(problem: str) -> ValueError:
-        return ValueError(f"Cannot load index {str(path)!r}: {problem}")
-
-    if not path.is_file():
-        raise FileNotFoundError(f"No index file at {str(path)!r}.")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as e:  # any failure to parse the container means a damaged file
-        raise fail(
-            f"not a readable .npz archive ({type(e).__name__}: {e}); the file is truncated, "
-            "corrupt or not an index. Re-export it."
-        ) from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise fail("this is a single .npy array, not a .npz index archive.")
-    try:
-        with archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as e:  # CRC errors, short reads, bad array headers
-        raise fail(
-            f"an array could not be read ({type(e).__name__}: {e}); the file is truncated or "
-            "corrupt."
-        ) from e
-    if _META_KEY not in arrays:
-        raise fail(
-            f"no {_META_KEY!r} entry, so this .npz was not written by dpq_jax.search.index "
-            "(foreign file)."
-        )
-
-    raw = arrays.pop(_META_KEY)
-    try:
-        meta = json.loads(raw.astype(np.uint8).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
-        raise fail(f"the metadata is not valid UTF-8 JSON ({e}).") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise fail(f"format is {found!r}, expected {FORMAT!r} (foreign file).")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise fail(f"invalid format_version {version!r}.")
-    if version > FORMAT_VERSION:
-        raise fail(
-            f"format version {version} is newer than this dpq_jax ({dpq_jax.__version__}) "
-            f"supports ({FORMAT_VERSION}); upgrade dpq_jax to read it."
-        )
-    described = meta.get("arrays")
-    if not isinstance(described, dict) or set(described) != set(arrays):
-        listed = sorted(described) if isinstance(described, dict) else described
-        raise fail(f"the file holds arrays {sorted(arrays)} but its metadata lists {listed}.")
-    for name, a in arrays.items():
-        info = described[name]
-        if not isinstance(info, dict):
-            raise fail(f"metadata entry for {name!r} is malformed.")
-        if info.get("dtype") != str(a.dtype) or info.get("shape") != list(a.shape):
-            raise fail(
-                f"array {name!r} is {a.dtype}{list(a.shape)} but the metadata says "
-                f"{info.get('dtype')}{info.get('shape')}."
-            )
-        if info.get("sha256") != _sha256(a):
-            raise fail(f"checksum mismatch for array {name!r}; the file is corrupt or was edited.")
-    return arrays, meta
 
 
 def _load_kind(path, cls):
@@ -288,7 +196,7 @@ class PQIndex:
         if not 1 <= num_k <= 256:
             raise ValueError(f"K = {num_k} codewords does not fit uint8 codes; need 1 <= K <= 256.")
         codes = np.asarray(self.codes)
-        adc.check_codes(codes, num_m, num_k)
+        checks.check_codes(codes, num_m, num_k)
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}.")
         if self.progressive and self.metric != "ip":
@@ -416,10 +324,8 @@ class PQIndex:
             ties=ties,
             seed=seed,
         )
-        if mesh is None:
-            scores, pos = adc.adc_topk(lut, self._device_codes, k, **options)
-        else:
-            scores, pos = adc.adc_topk_sharded(lut, self.codes, k, mesh, **options)
+        codes = self._device_codes if mesh is None else self.codes  # host rows for a mesh
+        scores, pos = adc.adc_topk(lut, codes, k, mesh=mesh, **options)
         return np.asarray(scores), self.ids[np.asarray(pos)]
 
     def metadata(self) -> dict:
@@ -468,10 +374,9 @@ class PQIndex:
             "library_version": dpq_jax.__version__,
             **self.metadata(),
             "codes_storage": "4bit" if pack_4bit else "uint8",
-            "arrays": _array_meta(arrays),
             **_extra_meta(extra),
         }
-        return _write_npz(path, arrays, meta)
+        return io_utils.write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path) -> "PQIndex":
@@ -513,7 +418,7 @@ def _build_pq(arrays: dict[str, np.ndarray], meta: dict) -> PQIndex:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class BinaryIndex:
-    """A binary-code database: packed codes (`hamming.pack_bits` layout) and item ids.
+    """A binary-code database: packed codes (`kernels.pack_bits` layout) and item ids.
 
     Attributes:
       packed: `[N, ceil(b / 32)]` uint32 codes.
@@ -531,21 +436,21 @@ class BinaryIndex:
         packed = np.asarray(self.packed)
         if packed.ndim != 2 or packed.dtype != np.uint32:
             raise ValueError(
-                f"packed must be uint32 [N, W] from hamming.pack_bits, got "
+                f"packed must be uint32 [N, W] from kernels.pack_bits, got "
                 f"{packed.dtype}{list(packed.shape)}."
             )
         b = self.num_bits
         if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
             raise ValueError(f"num_bits must be a positive int, got {b!r}.")
-        words = -(-int(b) // hamming.WORD_BITS)
+        words = -(-int(b) // kernels.WORD_BITS)
         if packed.shape[1] != words:
             raise ValueError(
                 f"{b}-bit codes take {words} uint32 words, packed has {packed.shape[1]}."
             )
-        spare = words * hamming.WORD_BITS - int(b)
-        if spare and packed.size and np.any(packed[:, -1] >> np.uint32(hamming.WORD_BITS - spare)):
+        spare = words * kernels.WORD_BITS - int(b)
+        if spare and packed.size and np.any(packed[:, -1] >> np.uint32(kernels.WORD_BITS - spare)):
             raise ValueError(
-                f"packed has bits set beyond bit {b}; pack the codes with hamming.pack_bits."
+                f"packed has bits set beyond bit {b}; pack the codes with kernels.pack_bits."
             )
         object.__setattr__(self, "packed", packed)
         object.__setattr__(self, "num_bits", int(b))
@@ -558,7 +463,7 @@ class BinaryIndex:
         bits = np.asarray(bits)
         if bits.ndim != 2:
             raise ValueError(f"bits must be 2-D [N, b], got shape {bits.shape}.")
-        return cls(np.asarray(hamming.pack_bits(bits)), bits.shape[1], ids, method)
+        return cls(np.asarray(kernels.pack_bits(bits)), bits.shape[1], ids, method)
 
     @property
     def num_items(self) -> int:
@@ -584,7 +489,7 @@ class BinaryIndex:
                 f"Queries must be packed uint32 [Q, {self.packed.shape[1]}] or bits/signs "
                 f"[Q, {self.num_bits}], got {q.dtype}{list(q.shape)}."
             )
-        return hamming.pack_bits(q)
+        return kernels.pack_bits(q)
 
     def search(
         self,
@@ -604,10 +509,8 @@ class BinaryIndex:
         """
         q = self.pack_queries(queries)
         options = dict(chunk_size=chunk_size, query_chunk=query_chunk, ties=ties, seed=seed)
-        if mesh is None:
-            dist, pos = hamming.hamming_topk(q, self._device_packed, k, **options)
-        else:
-            dist, pos = hamming.hamming_topk_sharded(q, self.packed, k, mesh, **options)
+        packed = self._device_packed if mesh is None else self.packed  # host rows for a mesh
+        dist, pos = hamming.hamming_topk(q, packed, k, mesh=mesh, **options)
         return np.asarray(dist), self.ids[np.asarray(pos)]
 
     def radius_search(
@@ -645,10 +548,9 @@ class BinaryIndex:
             "format_version": FORMAT_VERSION,
             "library_version": dpq_jax.__version__,
             **self.metadata(),
-            "arrays": _array_meta(arrays),
             **_extra_meta(extra),
         }
-        return _write_npz(path, arrays, meta)
+        return io_utils.write_npz(path, arrays, meta)
 
     @classmethod
     def load(cls, path) -> "BinaryIndex":
@@ -681,7 +583,9 @@ def load_index_metadata(path) -> tuple[PQIndex | BinaryIndex, dict]:
       FileNotFoundError, ValueError: as `load_index`.
     """
     path = pathlib.Path(path)
-    arrays, meta = _read_npz(path)
+    arrays, meta = io_utils.read_npz(
+        path, format_name=FORMAT, max_version=FORMAT_VERSION, what="index", fix="Re-export it."
+    )
     return _build(path, arrays, meta), meta
 
 

@@ -1,7 +1,7 @@
 """Image retrieval with a trained model: encode images, index them, search with new images.
 
-`Retriever` wraps a training workdir's checkpoint (`dpq_jax.train.restore_model`) and a
-`PQIndex`:
+`Retriever` wraps a training workdir's checkpoint (`dpq_jax.inference.restore_model`) and the
+index of its method's code type (`PQIndex` or `BinaryIndex`):
 
     r = Retriever.from_workdir("workdirs/orl_seen")        # best-on-validation checkpoint
     r.add(database_images, ids)                             # uint8 [N, H, W, C]
@@ -11,15 +11,16 @@
 
 Images go through the run's evaluation preprocessing (`config.input.pp_eval`, e.g. resize,
 center crop and normalization) one by one on the host, then through the model in batches of a
-fixed size (the last batch is padded), so each image shape compiles once. Database images are
-encoded with the method's `encode_fn` (codes), queries with its `query_fn` and turned into ADC
-lookup tables for the configured query side (`evaluators.retrieval.build_luts`): by default the
-one the run was evaluated with (OPQN: the soft-quantized query). Search is the exact chunked
-ADC top-k of `adc.py` (ties: lower insertion position first).
+fixed size (the last batch is padded), so each image shape compiles once. Everything about the
+codes is the method's (`dpq_jax.methods.base`): database images become its stored codes,
+queries become what its index searches with (an ADC lookup table for the configured query
+side, or packed query bits), by default on the query side the run was evaluated with. A model
+with several code lengths serves one of them (`code_length`, default the longest). Search is
+exact (ties: lower insertion position first).
 
-The saved file is an ordinary `PQIndex` file whose metadata also records the checkpoint step,
-model signature, query side and preprocessing; `load` refuses a workdir or checkpoint that did
-not produce the codes.
+The saved file is an ordinary index file whose metadata also records the checkpoint step,
+model signature, code length, query side and preprocessing; `load` refuses a workdir or
+checkpoint that did not produce the codes.
 """
 
 import functools
@@ -33,7 +34,7 @@ from flax import nnx
 
 from dpq_jax import parallel
 from dpq_jax.data import pp as pp_lib
-from dpq_jax.evaluators.retrieval import QUERY_SIDES, build_luts
+from dpq_jax.methods import base
 from dpq_jax.search import adc
 from dpq_jax.search import index as index_lib
 
@@ -41,17 +42,17 @@ RETRIEVER_FORMAT = "dpq_jax.retriever"
 RETRIEVER_FORMAT_VERSION = 1
 
 
-def default_query_side(config) -> str:
+def default_query_side(config, method) -> str:
     """The query side the run was evaluated with: the final evaluator's, else the first's.
 
-    Falls back to `"soft_quantized"` (OPQN's probability table) when the config has none.
+    Falls back to the method's default query side when the config names none.
     """
     evals = config.get("evals") or {}
     cfgs = sorted(evals.values(), key=lambda cfg: not cfg.get("final", False))  # final first
     for cfg in cfgs:
         if cfg.get("query_side"):
             return cfg.get("query_side")
-    return "soft_quantized"
+    return method.default_query_side
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -61,25 +62,26 @@ def _check_positive_int(name: str, value) -> int:
 
 
 class Retriever:
-    """Encode, index and search images with a trained PQ model.
+    """Encode, index and search images with a trained model.
 
     Build it with `Retriever.from_workdir` or `Retriever.load`; the constructor takes the
     pieces `restore_model` returns.
 
     Args:
       config: the run's config (`restore_model`'s first output).
-      method: its `Method` (PQ methods only: `index_kind == "pq"`).
+      method: its `Method`.
       model: the NNX model in eval mode.
       meta: the checkpoint's JSON metadata (`step`, `signature`).
-      query_side: `"soft_quantized"`, `"raw"` or `"l2"` (see `evaluators.retrieval.build_luts`);
+      query_side: one of `method.query_sides` (e.g. OPQN: `"soft_quantized"`, `"raw"`, `"l2"`);
         default: the one the run was evaluated with (`default_query_side`).
+      code_length: which of the model's code lengths to serve, in bits; default the longest.
       batch_size: images per model call; default the run's eval batch size. With a mesh, a
         multiple of its device count.
       mesh: optional `"data"` mesh: batches are split over its devices and the database is
-        searched sharded (`adc.adc_topk_sharded`); default: one device.
+        searched sharded; default: one device.
 
     Raises:
-      ValueError: a binary (hashing) method, unknown query side, bad batch size.
+      ValueError: unknown query side or code length, bad batch size.
     """
 
     def __init__(
@@ -90,18 +92,19 @@ class Retriever:
         meta: dict,
         *,
         query_side: str | None = None,
+        code_length: int | None = None,
         batch_size: int | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ):
-        if method.index_kind != "pq":
+        query_side = method.check_query_side(
+            default_query_side(config, method) if query_side is None else query_side
+        )
+        code_lengths = method.code_lengths(config.model)
+        code_length = max(code_lengths) if code_length is None else code_length
+        if code_length not in code_lengths:
             raise ValueError(
-                f"Retriever supports PQ methods (index_kind 'pq'); {method.name!r} produces "
-                f"{method.index_kind!r} codes. Encode them with the method and use "
-                "dpq_jax.search.index.BinaryIndex instead."
+                f"The model has code lengths {code_lengths} bits; got code_length={code_length!r}."
             )
-        query_side = default_query_side(config) if query_side is None else query_side
-        if query_side not in QUERY_SIDES:
-            raise ValueError(f"query_side must be one of {QUERY_SIDES}, got {query_side!r}.")
         if batch_size is None:
             batch_size = config.input.get("eval_batch_size", config.input.batch_size)
         batch_size = _check_positive_int("batch_size", batch_size)
@@ -116,8 +119,10 @@ class Retriever:
         self._pp = pp_lib.build(self.pp_spec)
         self.in_channels = int(meta["signature"]["in_channels"])
         self.checkpoint_step = int(meta["step"])
-        self.codebooks = np.asarray(jax.device_get(method.codebooks_fn(model)), np.float32)
-        self.metric = "l2" if query_side == "l2" else "ip"
+        self.code_length = int(code_length)
+        self.head = code_lengths.index(code_length)
+        # Code parameters (PQ: the head's codebooks; None for binary codes), on the host.
+        self.code_params = jax.device_get(base.head_params(method.code_params(model), self.head))
         self.extra: dict | None = None  # the user's metadata of a loaded file
 
         graphdef, state = nnx.split(model)
@@ -137,7 +142,7 @@ class Retriever:
         self._checked_shapes: set[tuple[int, ...]] = set()
         self._codes: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
-        self._index: index_lib.PQIndex | None = None
+        self._index = None
 
     # ----------------------------------------------------------------------------------------
     # Construction and files.
@@ -150,6 +155,7 @@ class Retriever:
         step: int | str = "best",
         query_side: str | None = None,
         *,
+        code_length: int | None = None,
         batch_size: int | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ) -> "Retriever":
@@ -159,6 +165,7 @@ class Retriever:
           workdir: a `train_and_evaluate` workdir.
           step: `"best"` (best on validation, else latest), `"latest"` or a step number.
           query_side: see the class docstring.
+          code_length: see the class docstring.
           batch_size: see the class docstring.
           mesh: see the class docstring.
 
@@ -167,15 +174,22 @@ class Retriever:
           dpq_jax.checkpointing.CheckpointError: no usable checkpoint.
           ValueError: as the constructor.
         """
-        from dpq_jax import train  # heavy (optax, orbax); only needed here
+        from dpq_jax import inference  # heavy (optax, orbax); only needed here
 
-        config, method, model, meta = train.restore_model(workdir, step)
+        config, method, model, meta = inference.restore_model(workdir, step)
         return cls(
-            config, method, model, meta, query_side=query_side, batch_size=batch_size, mesh=mesh
+            config,
+            method,
+            model,
+            meta,
+            query_side=query_side,
+            code_length=code_length,
+            batch_size=batch_size,
+            mesh=mesh,
         )
 
     def save(self, path, *, extra: dict | None = None):
-        """Writes the index and the retriever's provenance to `path` (a `PQIndex` `.npz`).
+        """Writes the index and the retriever's provenance to `path` (an index `.npz`).
 
         Args:
           path: destination file.
@@ -193,6 +207,7 @@ class Retriever:
             "format_version": RETRIEVER_FORMAT_VERSION,
             "method": self.method.name,
             "query_side": self.query_side,
+            "code_length": self.code_length,
             "checkpoint_step": self.checkpoint_step,
             "signature": self.meta["signature"],
             "pp_eval": self.pp_spec,
@@ -230,7 +245,7 @@ class Retriever:
         """
         index, meta = index_lib.load_index_metadata(path)
         info = (meta.get("extra") or {}).get("retriever")
-        if not isinstance(index, index_lib.PQIndex) or not isinstance(info, dict):
+        if not isinstance(info, dict):
             raise ValueError(
                 f"{str(path)!r} was not written by Retriever.save (no retriever metadata); load "
                 "it with dpq_jax.search.index.load_index instead."
@@ -253,23 +268,27 @@ class Retriever:
                 "re-index the images with that checkpoint or omit step."
             )
         r = cls.from_workdir(
-            workdir, saved_step, info["query_side"], batch_size=batch_size, mesh=mesh
+            workdir,
+            saved_step,
+            info["query_side"],
+            code_length=info.get("code_length"),
+            batch_size=batch_size,
+            mesh=mesh,
         )
         if r.meta["signature"] != info["signature"]:
             raise ValueError(
                 f"{str(path)!r} was built by another model ({info['signature']}), not the one in "
                 f"{workdir!r} ({r.meta['signature']}); pass the workdir that built it."
             )
-        if index.codebooks.shape != r.codebooks.shape or not np.array_equal(
-            index.codebooks, r.codebooks
+        if not r.method.index_matches(
+            index, params=r.code_params, code_length=r.code_length, query_side=r.query_side
         ):
             raise ValueError(
-                f"The codebooks in {str(path)!r} differ from the model's in {workdir!r}; the "
-                "index was built by another model. Re-index the images."
+                f"The codes in {str(path)!r} ({index.metadata()}) are not those of the model in "
+                f"{workdir!r} (other codebooks, code length or metric): the index was built by "
+                "another model. Re-index the images."
             )
-        if index.metric != r.metric:
-            raise ValueError(f"{str(path)!r} has metric {index.metric!r}, expected {r.metric!r}.")
-        r._codes, r._ids = [index.codes], [index.ids]
+        r._codes, r._ids = [r.method.stored_codes(index)], [index.ids]
         r._index = index
         r.extra = info.get("user")
         return r
@@ -361,7 +380,7 @@ class Retriever:
                 batch = jax.device_put(batch, parallel.data_sharding(self.mesh))
             outputs.append(fn(self._state, batch))
         host = jax.device_get(outputs)  # one transfer: the loop above stays asynchronous
-        return {key: np.concatenate([o[key] for o in host])[:num] for key in host[0]}
+        return jax.tree.map(lambda *parts: np.concatenate(parts)[:num], *host)
 
     def encode(self, images, *, preprocessed: bool = False) -> np.ndarray:
         """Database codes of images.
@@ -372,37 +391,41 @@ class Retriever:
           preprocessed: the images are already model inputs (float, after pp_eval).
 
         Returns:
-          `[N, M]` uint8 codes.
+          The method's stored codes of the served code length: `[N, M]` uint8 PQ codes, or
+          `[N, b]` uint8 0/1 bits for binary codes.
 
         Raises:
           ValueError: no images, not `[N, H, W, C]`, wrong channel count or dtype, sizes the
             preprocessing or the model cannot take.
         """
         inputs = self.preprocess(images, preprocessed=preprocessed)
-        return self._run(self._encode_fn, inputs)["codes"].astype(np.uint8)
+        return self.method.database_codes(self._run(self._encode_fn, inputs), self.head)
 
-    def query_outputs(self, images, *, preprocessed: bool = False) -> dict[str, np.ndarray]:
-        """The method's query-side outputs (`feats [Q, D]`, `probs [Q, M, K]`) of images."""
+    def query_outputs(self, images, *, preprocessed: bool = False) -> dict:
+        """The method's query-side outputs of images (e.g. OPQN: `feats [Q, D]` and
+        `probs ([Q, M, K],)`)."""
         return self._run(self._query_fn, self.preprocess(images, preprocessed=preprocessed))
 
-    def query_tables(self, images, *, preprocessed: bool = False) -> jax.Array:
-        """ADC lookup tables `[Q, M, K]` of query images for this retriever's query side."""
-        luts, _ = build_luts(
-            self.query_side, self.query_outputs(images, preprocessed=preprocessed), self.codebooks
+    def search_queries(self, images, *, preprocessed: bool = False):
+        """What the index searches with for query images on this retriever's query side: ADC
+        lookup tables `[Q, M, K]` (PQ) or packed query codes `[Q, W]` (binary)."""
+        return self.method.search_queries(
+            self.query_outputs(images, preprocessed=preprocessed),
+            head=self.head,
+            params=self.code_params,
+            query_side=self.query_side,
         )
-        return luts
 
     def query_vectors(self, images, *, preprocessed: bool = False) -> np.ndarray:
-        """Query vectors `[Q, D]` for an engine that takes vectors (FAISS, `faiss_export`).
-
-        `"raw"`: the embedding; `"soft_quantized"` and `"l2"`: the soft-quantized vector
-        `s = [sum_k p_mk c_mk]_m` (`adc.soft_quantized_vectors`), whose inner-product / L2
-        tables are exactly this retriever's tables.
-        """
-        out = self.query_outputs(images, preprocessed=preprocessed)
-        if self.query_side == "raw":
-            return np.asarray(out["feats"], np.float32)
-        return np.asarray(adc.soft_quantized_vectors(out["probs"], self.codebooks))
+        """Queries for the FAISS index `faiss_export` builds from `self.index`: float `[Q, D]`
+        vectors whose inner-product / L2 tables are exactly this retriever's tables (PQ), or
+        FAISS's byte codes `[Q, ceil(b / 8)]` (binary)."""
+        return self.method.faiss_queries(
+            self.query_outputs(images, preprocessed=preprocessed),
+            head=self.head,
+            params=self.code_params,
+            query_side=self.query_side,
+        )
 
     # ----------------------------------------------------------------------------------------
     # The database.
@@ -448,14 +471,16 @@ class Retriever:
         return ids
 
     @property
-    def index(self) -> index_lib.PQIndex:
-        """The database as a `PQIndex` (codebooks, codes, ids, metric)."""
+    def index(self):
+        """The database as the method's index (`PQIndex` or `BinaryIndex`) with the item ids."""
         if self._index is None:
-            m = self.codebooks.shape[0]
-            codes = np.concatenate(self._codes) if self._codes else np.zeros((0, m), np.uint8)
-            ids = np.concatenate(self._ids) if self._ids else np.zeros((0,), np.int64)
-            self._index = index_lib.PQIndex(
-                self.codebooks, codes, ids, method=self.method.name, metric=self.metric
+            if not self._codes:
+                raise ValueError("The retriever's database is empty; add images with add() first.")
+            self._index = self.method.index(
+                np.concatenate(self._codes),
+                params=self.code_params,
+                ids=np.concatenate(self._ids),
+                query_side=self.query_side,
             )
         return self._index
 
@@ -471,12 +496,12 @@ class Retriever:
           images: query images, as `encode`.
           k: results per query, `1 <= k <= len(self)`.
           preprocessed: as `encode`.
-          **search_options: passed to `PQIndex.search` (`kernel`, `chunk_size`, `ties`, ...).
+          **search_options: passed to the index's `search` (`chunk_size`, `ties`, ...).
 
         Returns:
-          `(ids [Q, k] int64, scores [Q, k] float32)`, best first: inner products (descending)
-          for the `"soft_quantized"` and `"raw"` query sides, squared distances (ascending)
-          for `"l2"`.
+          `(ids [Q, k] int64, scores [Q, k])`, best first: for PQ codes float32 inner products
+          (descending) or squared distances (ascending, distance query sides such as OPQN's
+          `"l2"`); for binary codes int32 Hamming distances (ascending).
 
         Raises:
           ValueError: empty database, `k` not in `[1, len(self)]`, bad images.
@@ -486,6 +511,6 @@ class Retriever:
             raise ValueError("The retriever's database is empty; add images with add() first.")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num:
             raise ValueError(f"k must be an int in [1, {num}] (the database size), got {k!r}.")
-        luts = self.query_tables(images, preprocessed=preprocessed)
-        scores, ids = self.index.search(luts, int(k), mesh=self.mesh, **search_options)
+        queries = self.search_queries(images, preprocessed=preprocessed)
+        scores, ids = self.index.search(queries, int(k), mesh=self.mesh, **search_options)
         return ids, scores

@@ -6,6 +6,7 @@ from absl.testing import absltest
 from dpq_jax.metrics import parity
 from dpq_jax.metrics import reference as ref
 from dpq_jax.metrics import retrieval as rm
+from dpq_jax.search import kernels
 
 
 def _one_hot(ids, c):
@@ -36,7 +37,7 @@ class DeepHashTest(absltest.TestCase):
         self.assertAlmostEqual(parity.deephash_calc_topmap(rB, qB, retrievalL, queryL, 3), 1 / 3)
         self.assertAlmostEqual(parity.deephash_calc_topmap(rB, qB, retrievalL, queryL, 10), 1 / 3)
         # The library's mAP@all keeps the whole database.
-        src = rm.hamming_source(rm.pack_bits(qB > 0), rm.pack_bits(rB > 0), num_bits=2)
+        src = rm.hamming_source(kernels.pack_bits(qB > 0), kernels.pack_bits(rB > 0), num_bits=2)
         got = rm.retrieval_metrics(src, np.array([0]), np.array([1, 1, 0]))
         self.assertAlmostEqual(got["map@all"], 1 / 3, places=6)
 
@@ -58,7 +59,7 @@ class DeepHashTest(absltest.TestCase):
         rB = items[perm]
         qB = np.tile(q_bits, (4, 1))
         q_ids, r_ids = rng.integers(0, 3, 4), rng.integers(0, 3, b + 1)
-        src = rm.hamming_source(rm.pack_bits(qB > 0), rm.pack_bits(rB > 0), num_bits=b)
+        src = rm.hamming_source(kernels.pack_bits(qB > 0), kernels.pack_bits(rB > 0), num_bits=b)
         lib = rm.retrieval_metrics(src, q_ids, r_ids, map_ks=(3, 8), precision_ks=())
         args = (rB, qB, _one_hot(r_ids, 3), _one_hot(q_ids, 3))
         self.assertAlmostEqual(parity.deephash_calc_topmap(*args, 3), lib["map@3"], places=6)

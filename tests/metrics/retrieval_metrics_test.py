@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from dpq_jax.metrics import engine, finish, rank_stats
 from dpq_jax.metrics import reference as ref
 from dpq_jax.metrics import retrieval as rm
 from dpq_jax.parallel import make_mesh
+from dpq_jax.search import kernels, topk
 
 _SAVED_FLAGS = {}
 
@@ -76,8 +78,8 @@ class OracleTest(parameterized.TestCase):
         # asymptotic harmonic-number branch; multi-hot labels; one query without labels.
         rng = np.random.default_rng(1)
         q, n, b = 9, 301, 5
-        qp = np.asarray(rm.pack_bits(rng.integers(0, 2, (q, b))))
-        dp = np.asarray(rm.pack_bits(rng.integers(0, 2, (n, b))))
+        qp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (q, b))))
+        dp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (n, b))))
         ql, dl = rng.integers(0, 2, (q, 4)), rng.integers(0, 2, (n, 4))
         ql[2] = 0
         dist = ref.hamming_distances(qp, dp)
@@ -101,8 +103,8 @@ class OracleTest(parameterized.TestCase):
     def test_min_relevant_k_expected_hamming(self):
         rng = np.random.default_rng(2)
         q, n, b = 6, 120, 4
-        qp = np.asarray(rm.pack_bits(rng.integers(0, 2, (q, b))))
-        dp = np.asarray(rm.pack_bits(rng.integers(0, 2, (n, b))))
+        qp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (q, b))))
+        dp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (n, b))))
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         dist = ref.hamming_distances(qp, dp)
         kw = dict(
@@ -124,7 +126,7 @@ class OracleTest(parameterized.TestCase):
         codes = rng.integers(0, k, (n, m)).astype(np.uint8)
         ql, dl = rng.integers(0, 4, q), rng.integers(0, 4, n)
         adc = ref.adc_scores(luts, codes)
-        np.testing.assert_array_equal(np.asarray(rm.adc_scores(luts, codes)), adc)
+        np.testing.assert_array_equal(np.asarray(kernels.adc_scores(luts, codes)), adc)
         qf = rng.integers(-2, 3, (q, 4)).astype(np.float32)
         xf = rng.integers(-2, 3, (n, 4)).astype(np.float32)
         cases = (
@@ -145,8 +147,8 @@ class OracleTest(parameterized.TestCase):
     def test_pr_curves_match_oracle(self):
         rng = np.random.default_rng(4)
         q, n, b = 6, 70, 6
-        qp = np.asarray(rm.pack_bits(rng.integers(0, 2, (q, b))))
-        dp = np.asarray(rm.pack_bits(rng.integers(0, 2, (n, b))))
+        qp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (q, b))))
+        dp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (n, b))))
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         dist = ref.hamming_distances(qp, dp)
         rel = ref.relevance_matrix(ql, dl)
@@ -171,8 +173,8 @@ class ShardingTest(parameterized.TestCase):
         # Q = 13 and N = 101 are multiples of neither the 8 devices nor the chunk sizes.
         rng = np.random.default_rng(5)
         q, n, b = 13, 101, 5
-        qp = np.asarray(rm.pack_bits(rng.integers(0, 2, (q, b))))
-        dp = np.asarray(rm.pack_bits(rng.integers(0, 2, (n, b))))
+        qp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (q, b))))
+        dp = np.asarray(kernels.pack_bits(rng.integers(0, 2, (n, b))))
         ql, dl = rng.integers(0, 3, q), rng.integers(0, 3, n)
         mesh = make_mesh(8, devices=jax.devices("cpu"))
         src = rm.hamming_source(qp, dp, num_bits=b)
@@ -216,7 +218,7 @@ class HandWorkedTest(parameterized.TestCase):
     def test_random_ties_follow_seeded_permutation(self):
         outcomes = set()
         for seed in range(8):
-            perm = rm.tie_permutation(3, seed)
+            perm = topk.tie_permutation(3, seed)
             first = [i for i in perm if i in (0, 1)][0]  # which tied item ranks first
             want = 7 / 12 if first == 0 else 5 / 6
             got = rm.map_from_scores(
@@ -289,7 +291,9 @@ class HandWorkedTest(parameterized.TestCase):
         ql = np.array([[1, 0, 1]])
         dl = np.array([[0, 1, 0], [0, 0, 1], [1, 1, 0]])
         np.testing.assert_array_equal(
-            np.asarray(rm.relevance(jnp.asarray(ql, jnp.bfloat16), jnp.asarray(dl, jnp.bfloat16))),
+            np.asarray(
+                engine.relevance(jnp.asarray(ql, jnp.bfloat16), jnp.asarray(dl, jnp.bfloat16))
+            ),
             [[False, True, True]],
         )
         # Ranked [yes, no, yes]: AP = (1 + 2/3) / 2.
@@ -299,7 +303,9 @@ class HandWorkedTest(parameterized.TestCase):
     def test_hamming_radius(self):
         # b = 4, query 0000; items 0000 (rel), 0001 (not), 0111 (rel), 1111 (rel).
         bits = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-        src = rm.hamming_source(rm.pack_bits(np.zeros((2, 4))), rm.pack_bits(bits), num_bits=4)
+        src = rm.hamming_source(
+            kernels.pack_bits(np.zeros((2, 4))), kernels.pack_bits(bits), num_bits=4
+        )
         ql, dl = np.array([1, 2]), np.array([1, 0, 1, 1])
         res = rm.hamming_radius_pr(src, ql, dl, radius=2)
         # Query 0: within radius 2 are items 0, 1 -> precision 1/2, recall 1/3.
@@ -309,7 +315,9 @@ class HandWorkedTest(parameterized.TestCase):
         skip = rm.hamming_radius_pr(src, ql, dl, radius=2, empty="skip")
         self.assertAlmostEqual(skip["precision"], 1 / 2)
         # Nothing within radius 0 for a query 1111 against 0000 etc.: precision 0, stated.
-        far = rm.hamming_source(rm.pack_bits(np.ones((1, 4))), rm.pack_bits(bits[:2]), num_bits=4)
+        far = rm.hamming_source(
+            kernels.pack_bits(np.ones((1, 4))), kernels.pack_bits(bits[:2]), num_bits=4
+        )
         res = rm.hamming_radius_pr(far, np.array([1]), np.array([1, 1]), radius=0)
         self.assertEqual(res["precision"], 0.0)
         self.assertEqual(res["conventions"]["precision_when_nothing_retrieved"], 0.0)
@@ -363,7 +371,7 @@ class HandWorkedTest(parameterized.TestCase):
         start = np.array([0, 3, 63, 64, 1000, 10**6, 10**7])
         for m in (1, 2, 17, 5000):
             want = [sum(1.0 / (a + p) for p in range(1, m + 1)) for a in start]
-            np.testing.assert_allclose(rm._harmonic_diff(start, m), want, rtol=1e-12)
+            np.testing.assert_allclose(finish.harmonic_diff(start, m), want, rtol=1e-12)
 
 
 class RankStatsTest(parameterized.TestCase):
@@ -374,7 +382,7 @@ class RankStatsTest(parameterized.TestCase):
             [-np.inf, -3e38, -2.0, -1e-38, -1e-45, -0.0, 0.0, 1e-45, 1e-38, 1.0, 1.5, np.inf],
             np.float32,
         )
-        keys = np.asarray(jax.jit(rm.order_keys)(vals))
+        keys = np.asarray(jax.jit(rank_stats.order_keys)(vals))
         np.testing.assert_array_equal(keys, ref.order_keys(vals))
         for a, b in itertools.product(range(len(vals)), repeat=2):
             self.assertEqual(vals[a] < vals[b], keys[a] < keys[b])
@@ -398,11 +406,13 @@ class RankStatsTest(parameterized.TestCase):
         # A single search cell holds up to 16 relevant items: the bisection loop after the
         # lifted steps runs (the other tests use many cells).
         rng = np.random.default_rng(8)
-        keys = np.array(rm.order_keys(rng.integers(-3, 3, (5, 40)).astype(np.float32) / 2))
+        keys = np.array(rank_stats.order_keys(rng.integers(-3, 3, (5, 40)).astype(np.float32) / 2))
         keys, rel_idx, num_rel = self._rank_case(rng, keys)
         cuts = (1, 5, 17, 37)
         stats = jax.jit(
-            functools.partial(rm.relevant_rank_stats, cuts=cuts, expected=expected, num_cells=1)
+            functools.partial(
+                rank_stats.relevant_rank_stats, cuts=cuts, expected=expected, num_cells=1
+            )
         )
         got = stats(jnp.asarray(keys), jnp.asarray(rel_idx), jnp.asarray(num_rel))
         want = ref.relevant_rank_stats(keys, rel_idx, num_rel, cuts, expected)
@@ -415,26 +425,28 @@ class RankStatsTest(parameterized.TestCase):
         rng = np.random.default_rng(11)
         keys, rel_idx, num_rel = self._rank_case(rng, rng.integers(0, 4, (5, 40)).astype(np.int32))
         cuts = (1, 5, 17, 37)
-        stats = jax.jit(functools.partial(rm.distance_rank_stats, num_levels=4, block=8, cuts=cuts))
+        stats = jax.jit(
+            functools.partial(rank_stats.distance_rank_stats, num_levels=4, block=8, cuts=cuts)
+        )
         got = stats(jnp.asarray(keys), jnp.asarray(rel_idx), jnp.asarray(num_rel))
         want = ref.relevant_rank_stats(keys, rel_idx, num_rel, cuts, False)
         self.assertSetEqual(set(want), set(got))
         for k, v in want.items():
             np.testing.assert_allclose(np.asarray(got[k], np.float64), v, atol=1e-5, err_msg=k)
         with self.assertRaisesRegex(ValueError, "must divide"):
-            rm.distance_rank_stats(keys, rel_idx, num_rel, num_levels=4, block=16, cuts=())
+            rank_stats.distance_rank_stats(keys, rel_idx, num_rel, num_levels=4, block=16, cuts=())
 
     def test_expected_group_share_and_histograms(self):
         # Groups past the 8 summed head ranks use the harmonic tail, at small and large A
         # (far down the ranking the float32 tail is exact to ~1e-8 absolute, not relative).
         cases = [(0, 1, 0, 1), (3, 5, 2, 2), (0, 40, 0, 7), (10**6, 30, 400, 30), (70, 9, 3, 1)]
-        got = jax.jit(rm.expected_group_share)(*(jnp.asarray(c) for c in zip(*cases)))
+        got = jax.jit(rank_stats.expected_group_share)(*(jnp.asarray(c) for c in zip(*cases)))
         want = [ref.expected_group_share(*c) for c in cases]
         np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=5e-8)
         rng = np.random.default_rng(9)
         dist, rel = rng.integers(0, 6, (3, 50)), rng.integers(0, 2, (3, 50)) > 0
         valid = np.arange(50) < 47
-        tot, hit = jax.jit(rm.distance_histograms, static_argnums=3)(
+        tot, hit = jax.jit(rank_stats.distance_histograms, static_argnums=3)(
             jnp.asarray(dist, jnp.int32), jnp.asarray(rel), jnp.asarray(valid), 5
         )
         want_tot, want_hit = ref.distance_histograms(dist, rel, valid, 5)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from dpq_jax import registry
 from dpq_jax.models.backbones.cnn_small import CNNSmall
-from dpq_jax.models.backbones.sphereface import PReLU, SphereFace20
+from dpq_jax.models.backbones.sphereface20 import PReLU, SphereFace20
 
 
 @pytest.fixture(autouse=True, scope="module")

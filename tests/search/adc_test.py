@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import Mesh
 
 from dpq_jax import parallel
-from dpq_jax.search import adc
+from dpq_jax.search import adc, kernels, topk
 from dpq_jax.search import reference as ref
 
 
@@ -106,41 +106,17 @@ def test_lut_progressive_scores_equal_partial_reconstruction():
             ]
         )
         np.testing.assert_allclose(
-            adc.adc_scores(lut, codes), query.astype(np.float64) @ recon.T, rtol=1e-5, atol=1e-5
+            kernels.adc_scores(lut, codes), query.astype(np.float64) @ recon.T, rtol=1e-5, atol=1e-5
         )
     with pytest.raises(ValueError, match="levels"):
         adc.lut_progressive(query, codebooks, 4)
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels and top-k.
+# Top-k.
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel", ["gather", "onehot", "auto"])
-def test_kernels_equal_bruteforce(kernel):
-    rng = _rng(5)
-    lut = _dyadic_lut(rng, 3, 4, 8)
-    codes = _codes(rng, 37, 4, 8)
-    np.testing.assert_array_equal(
-        adc.adc_scores(lut, codes, kernel=kernel), ref.adc_scores(lut, codes)
-    )
-
-
-def test_scores_decode_equals_bruteforce():
-    rng = _rng(6)
-    query = rng.standard_normal((3, 6)).astype(np.float32)
-    codebooks = rng.standard_normal((2, 4, 3)).astype(np.float32)
-    codes = _codes(rng, 11, 2, 4)
-    np.testing.assert_allclose(
-        adc.scores_decode(query, codebooks, codes),
-        ref.decode_scores(query, codebooks, codes),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-
-
-# (kernel, larger_is_better, N, chunk_size, k, Q, query_chunk, distinct codes per book)
 _TOPK_CASES = [
     ("gather", True, 600, 64, 10, 5, 2, 2),  # heavy ties, chunk does not divide N, Q % 2 != 0
     ("onehot", True, 101, 16, 101, 3, 8, 2),  # k = N, query chunk larger than Q
@@ -196,7 +172,7 @@ def test_random_ties_follow_seeded_permutation():
     _, stable = adc.adc_topk(lut, codes, 15)
     _, shuffled = adc.adc_topk(lut, codes, 15, ties="random", seed=3)
     _, again = adc.adc_topk(lut, codes, 15, ties="random", seed=3)
-    perm = np.asarray(adc.tie_permutation(40, 3))
+    perm = topk.tie_permutation(40, 3)
     np.testing.assert_array_equal(np.sort(perm), np.arange(40))
     _, ref_ids = ref.adc_topk(lut, codes, 15, priority=np.argsort(perm))
     np.testing.assert_array_equal(shuffled, ref_ids)
@@ -204,44 +180,12 @@ def test_random_ties_follow_seeded_permutation():
     assert not np.array_equal(shuffled, stable)  # with this many ties the order must change
 
 
-@pytest.mark.parametrize("block_size", [1, 3, 7, 64])
-def test_block_selection_is_exact_with_heavy_ties(block_size):
-    # Few distinct scores, so many blocks share their maximum and the k-th score: the selected
-    # blocks must still hold the lowest-index items among ties.
-    rng = _rng(20 + block_size)
-    lut = _dyadic_lut(rng, 5, 2, 3)
-    codes = _codes(rng, 101, 2, 3)  # 101 rows: chunk and block padding both masked
-    for k in (1, 12, 40):
-        keys, ids = jax.jit(
-            lambda lut, codes, k=k: adc.chunked_topk(
-                adc.scores_gather,
-                lut,
-                codes,
-                k,
-                key_dtype=jnp.float32,
-                chunk_size=21,
-                query_chunk=2,
-                block_size=block_size,
-            )
-        )(lut, codes)
-        ref_scores, ref_ids = ref.adc_topk(lut, codes, k)
-        np.testing.assert_array_equal(ids, ref_ids)
-        np.testing.assert_array_equal(keys, ref_scores)
-
-
-def test_selection_block_balances_maxima_and_candidates():
-    assert adc.selection_block(1_000_000, 100, 16384) == 128  # sqrt(10^4) = 100 -> 128
-    assert adc.selection_block(40, 5, 40) == 4
-    assert adc.selection_block(10, 10, 10) == 1
-    assert adc.selection_block(10**8, 1, 4096) == 4096  # never more than a chunk
-
-
 def test_one_compiled_kernel_serves_all_chunks():
     rng = _rng(9)
     lut = _dyadic_lut(rng, 2, 2, 4)
     codes = _codes(rng, 500, 2, 4)  # 8 chunks of 64, the last one padded
     # Two traces in all: the chunk scan, and the re-scoring of the selected blocks.
-    kernel = chex.assert_max_traces(adc.scores_gather, n=2)
+    kernel = chex.assert_max_traces(kernels.scores_gather, n=2)
     first = adc.adc_topk(lut, codes, 9, chunk_size=64, kernel=kernel)
     second = adc.adc_topk(lut + 1.0, codes, 9, chunk_size=64, kernel=kernel)  # no retrace
     np.testing.assert_array_equal(first[1], ref.adc_topk(lut, codes, 9)[1])
@@ -279,7 +223,7 @@ def test_sharded_equals_unsharded(cpu_devices, n, k, ties):
     lut = _dyadic_lut(rng, 3, 2, 4)
     codes = _codes(rng, n, 2, 4, distinct=2)  # heavy ties across device boundaries
     options = dict(chunk_size=4, query_chunk=2, ties=ties, seed=5)
-    scores, ids = adc.adc_topk_sharded(lut, codes, k, mesh, **options)
+    scores, ids = adc.adc_topk(lut, codes, k, mesh=mesh, **options)
     ref_scores, ref_ids = adc.adc_topk(lut, codes, k, **options)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(scores, ref_scores)
@@ -292,7 +236,7 @@ def test_sharded_accepts_device_arrays_and_ascending(cpu_devices):
     rng = _rng(12)
     lut = _dyadic_lut(rng, 2, 2, 4)
     codes = jnp.asarray(_codes(rng, 17, 2, 4))
-    _, ids = adc.adc_topk_sharded(lut, codes, 17, mesh, chunk_size=2, larger_is_better=False)
+    _, ids = adc.adc_topk(lut, codes, 17, mesh=mesh, chunk_size=2, larger_is_better=False)
     np.testing.assert_array_equal(ids, ref.adc_topk(lut, codes, 17, larger_is_better=False)[1])
 
 
@@ -347,4 +291,4 @@ def test_bad_inputs_raise(cpu_devices):
         adc.lut_soft_quantized(np.zeros((1, 2, 3), np.float32), np.zeros((2, 4, 3), np.float32))
     other_mesh = Mesh(np.asarray(cpu_devices), ("model",))
     with pytest.raises(ValueError, match="data"):
-        adc.adc_topk_sharded(lut, codes, 1, other_mesh)
+        adc.adc_topk(lut, codes, 1, mesh=other_mesh)

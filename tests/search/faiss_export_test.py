@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from dpq_jax.search import adc, faiss_export, hamming, index
+from dpq_jax.search import adc, faiss_export, index, kernels
 from dpq_jax.search import reference as ref
 
 try:
@@ -59,7 +59,7 @@ def _decode(codebooks, codes):
 @pytest.mark.parametrize("num_bits", [8, 37, 64, 128])
 def test_binary_codes_follow_faiss_bit_order(num_bits):
     bits = np.random.default_rng(num_bits).integers(0, 2, size=(9, num_bits))
-    packed = np.asarray(hamming.pack_bits(bits))
+    packed = np.asarray(kernels.pack_bits(bits))
     np.testing.assert_array_equal(
         faiss_export.faiss_binary_codes(packed, num_bits), ref.faiss_binary_bytes(bits)
     )

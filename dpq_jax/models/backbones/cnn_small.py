@@ -122,3 +122,6 @@ class CNNSmall(nnx.Module):
             x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [B, C'] global average pool
         x = self.dense(x.astype(self.dtype))
         return self.out_norm(x.astype(jnp.float32))
+
+
+Model = CNNSmall  # the registry's entry point (`registry.get("backbone", "cnn_small")`)

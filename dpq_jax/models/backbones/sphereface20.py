@@ -185,3 +185,6 @@ class SphereFace20(nnx.Module):
         x = self.dropout(self.flat_norm(x))
         x = self.dense(x)
         return self.out_norm(x.astype(jnp.float32))
+
+
+Model = SphereFace20  # the registry's entry point (`registry.get("backbone", "sphereface20")`)

@@ -1,0 +1,247 @@
+"""Tests for the OPQN method (dpq_jax.methods.opqn): build, loss, encoders, one vs eight devices."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dpq_jax import parallel, registry
+from dpq_jax.losses import reference as loss_ref
+from dpq_jax.methods import opqn as method
+from dpq_jax.quantizers import codebooks
+from dpq_jax.quantizers import reference as ref
+
+M, D_SUB, K = 3, 4, 4
+D = M * D_SUB
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Cheaper XLA compiles for the tiny nets; restored after this module."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+def _random(shape, seed, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _model_cfg(**overrides):
+    cfg = ml_collections.ConfigDict(
+        dict(
+            backbone=dict(name="cnn_small", widths=(4,)),
+            embedding_dim=8,
+            head=dict(num_codebooks=2, codebook_size=4, codebook_init="dct", seed=0),
+            dtype="float32",
+        )
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+LOSS_CFG = ml_collections.ConfigDict(dict(scale=20.0, margin=0.5, entropy_weight=0.1))
+NUM_CLASSES = 5
+
+
+def _batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        image=rng.standard_normal((n, 8, 8, 1)).astype(np.float32),
+        label=rng.integers(0, NUM_CLASSES, n).astype(np.int32),
+    )
+
+
+# --- method ---------------------------------------------------------------------------------
+
+
+def test_method_and_registry():
+    assert registry.get("method", "opqn") is method.METHOD
+    assert method.METHOD.name == "opqn" and method.METHOD.code_type == "pq"
+
+
+def test_build_from_configdict_dict_and_namespace():
+    for cfg in (
+        _model_cfg(),
+        _model_cfg().to_dict(),
+        types.SimpleNamespace(
+            backbone=dict(name="cnn_small", widths=(4,)),
+            embedding_dim=8,
+            head=types.SimpleNamespace(num_codebooks=2, codebook_size=4),
+        ),
+    ):
+        model = method.METHOD.build(cfg, num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0))
+        assert model.classifier[...].shape == (2, NUM_CLASSES, 4)
+        assert model.backbone.convs[0].out_features == 4
+        assert method.METHOD.codebooks_fn(model)[0].shape == (2, 4, 4)
+        assert method.METHOD.code_lengths(cfg) == (4,)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        method.METHOD.build(
+            dict(backbone=dict(name="cnn_small"), head=dict(num_codebooks=2, codebook_size=4)),
+            num_classes=3,
+            in_channels=1,
+            rngs=nnx.Rngs(0),
+        )
+    with pytest.raises(ValueError, match="sets itself"):
+        method.METHOD.build(
+            _model_cfg(backbone=dict(name="cnn_small", features=8)),
+            num_classes=3,
+            in_channels=1,
+            rngs=nnx.Rngs(0),
+        )
+    with pytest.raises(ValueError, match="dtype"):
+        method.METHOD.build(
+            _model_cfg(dtype="float16"), num_classes=3, in_channels=1, rngs=nnx.Rngs(0)
+        )
+
+
+def test_loss_matches_reference_terms():
+    model = method.METHOD.build(
+        _model_cfg(), num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    model.train()
+    batch = {k: jnp.asarray(v) for k, v in _batch(8).items()}
+    loss, aux = jax.jit(lambda m, b: method.METHOD.loss_fn(m, b, LOSS_CFG))(model, batch)
+    assert set(aux) == {"loss_clf_raw", "loss_clf_soft", "loss_entropy", "code_usage"}
+    # Oracle from the backbone features (train-mode BN depends only on the batch).
+    feats = np.asarray(model.backbone(batch["image"]))
+    head = ref.ortho_pq_head(
+        feats, np.asarray(model.head.assign[...]), np.asarray(model.head.codebooks[...])
+    )
+    weights = np.asarray(model.classifier[...])
+    labels = np.asarray(batch["label"])
+    raw = loss_ref.subspace_cosface(
+        ref.split_subvectors(feats, 2), weights, labels, scale=20.0, margin=0.5
+    )
+    soft = loss_ref.subspace_cosface(
+        ref.split_subvectors(head["soft"], 2), weights, labels, scale=20.0, margin=0.5
+    )
+    entropy = loss_ref.assignment_entropy(head["probs"])
+    usage = np.mean([len(set(head["codes"][:, m].tolist())) / 4 for m in range(2)])
+    np.testing.assert_allclose(float(aux["loss_clf_raw"]), raw, rtol=1e-4)
+    np.testing.assert_allclose(float(aux["loss_clf_soft"]), soft, rtol=1e-4)
+    np.testing.assert_allclose(float(aux["loss_entropy"]), entropy, rtol=1e-4)
+    np.testing.assert_allclose(float(aux["code_usage"]), usage)
+    np.testing.assert_allclose(float(loss), 0.5 * (raw + soft) + 0.1 * entropy, rtol=1e-4)
+
+
+def test_loss_rejects_bad_labels_eagerly():
+    model = method.METHOD.build(
+        _model_cfg(), num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    batch = _batch(4)
+    batch["label"][0] = NUM_CLASSES
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        method.METHOD.loss_fn(model, {k: jnp.asarray(v) for k, v in batch.items()}, LOSS_CFG)
+    with pytest.raises(ValueError, match=r"shape \[B\]"):
+        method.METHOD.loss_fn(model, dict(image=batch["image"], label=batch["label"][:2]), LOSS_CFG)
+    with pytest.raises(ValueError, match="entropy_weight"):
+        method.METHOD.loss_fn(model, _batch(4), dict(scale=1.0, margin=0.1))
+
+
+def _train_step(graphdef, state, batch):
+    """One functional SGD step (split/merge style); returns new state, loss, aux, grads."""
+    model, optimizer = nnx.merge(graphdef, state)
+    (loss, aux), grads = nnx.value_and_grad(
+        lambda m: method.METHOD.loss_fn(m, batch, LOSS_CFG), has_aux=True
+    )(model)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), loss, aux, grads
+
+
+def _make_state(dtype="float32"):
+    model = method.METHOD.build(
+        _model_cfg(dtype=dtype), num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    return nnx.split((model, optimizer))
+
+
+def _leaves(state):
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+    }
+
+
+def test_step_updates_params_but_not_codebooks():
+    graphdef, state = _make_state()
+    before = _leaves(state)
+    new_state, loss, aux, grads = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    assert bool(jnp.isfinite(loss)) and all(bool(jnp.isfinite(v)) for v in aux.values())
+    grad_leaves = _leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in grad_leaves.values())
+    assert not any("codebooks" in key for key in grad_leaves)  # not differentiated
+    after = _leaves(new_state)
+    for key in before:
+        changed = np.abs(after[key] - before[key]).max() > 0
+        if "codebooks" in key:
+            assert not changed, key
+        elif "'assign'" in key or "'classifier'" in key or "kernel" in key:
+            assert changed, key
+    model, _ = nnx.merge(graphdef, new_state)
+    np.testing.assert_array_equal(
+        np.asarray(method.METHOD.codebooks_fn(model)[0]),
+        np.asarray(codebooks.dct_orthonormal_codebooks(2, 4, 4)),
+    )
+
+
+def test_bfloat16_backbone_loss_finite():
+    graphdef, state = _make_state("bfloat16")
+    _, loss, _, grads = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    assert bool(jnp.isfinite(loss))
+    assert all(np.all(np.isfinite(g)) for g in _leaves(grads).values())
+
+
+def test_one_vs_eight_devices(cpu_devices):
+    graphdef, state = _make_state()
+    batch = _batch()
+    step = jax.jit(_train_step, static_argnums=0)
+    state1, loss1, aux1, _ = step(graphdef, state, batch)
+    mesh = parallel.make_mesh(devices=cpu_devices)
+    with jax.set_mesh(mesh):
+        sharded_batch = parallel.put_batch(batch, mesh)
+        assert len(sharded_batch["image"].sharding.device_set) == 8
+        state8, loss8, aux8, _ = step(
+            graphdef, jax.device_put(state, parallel.replicated(mesh)), sharded_batch
+        )
+    np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
+    for key in aux1:
+        np.testing.assert_allclose(float(aux8[key]), float(aux1[key]), rtol=1e-5, atol=1e-6)
+    leaves1, leaves8 = _leaves(state1), _leaves(state8)
+    assert leaves1.keys() == leaves8.keys()
+    for key in leaves1:  # parameters, BN running statistics and momentum-free SGD state
+        np.testing.assert_allclose(leaves8[key], leaves1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_encode_and_query(cpu_devices):
+    model = method.METHOD.build(
+        _model_cfg(), num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0)
+    )
+    model.eval()
+    images = jnp.asarray(_batch()["image"])
+    enc = jax.jit(method.METHOD.encode_fn)(model, images)
+    qry = jax.jit(method.METHOD.query_fn)(model, images)
+    (codes,), (probs,) = enc["codes"], qry["probs"]  # one head
+    assert codes.dtype == jnp.uint8 and codes.shape == (16, 2)
+    assert enc["feats"].dtype == jnp.float32 and probs.shape == (16, 2, 4)
+    feats = np.asarray(enc["feats"])
+    assign = np.asarray(model.head.assign[...])
+    x_sub = ref.split_subvectors(feats, 2)
+    np.testing.assert_array_equal(np.asarray(codes), ref.hard_codes(x_sub, assign))
+    np.testing.assert_allclose(np.asarray(probs), ref.probability_lut(x_sub, assign), atol=1e-5)
+    mesh = parallel.make_mesh(devices=cpu_devices)
+    with jax.set_mesh(mesh):
+        sharded = parallel.put_batch(dict(image=np.asarray(images)), mesh)["image"]
+        enc8 = jax.jit(method.METHOD.encode_fn)(
+            jax.device_put(model, parallel.replicated(mesh)), sharded
+        )
+    np.testing.assert_array_equal(np.asarray(enc8["codes"][0]), np.asarray(codes))
