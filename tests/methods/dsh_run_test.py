@@ -1,0 +1,139 @@
+"""A tiny two-length DSH run on ORL faces through the whole spine: trainer, evaluator, report,
+retriever, index files, `dpq-search` and the FAISS export, all of them asking the method.
+
+Oracles: brute-force Hamming ranking of the sign bits of the restored model's relaxed codes,
+and the NumPy mAP of `metrics/reference.py`.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dpq_jax import config_lib, inference, train
+from dpq_jax.data import orl, protocols
+from dpq_jax.metrics import reference as metrics_ref
+from dpq_jax.search import cli, index
+from dpq_jax.search.retriever import Retriever
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_dsh.py")
+BITS = (12, 24, 36, 48)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """(workdir, ORL source, TrainResult) of a 4-step DSH run with two code lengths."""
+    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
+    try:
+        data_dir = str(tmp_path_factory.mktemp("tfds"))
+        source = orl.load_orl_faces(data_dir=data_dir)
+        config = config_lib.load_config(CONFIG, "runlocal,multihead")
+        with config.unlocked():
+            config.input.data_dir = data_dir
+        workdir = str(tmp_path_factory.mktemp("workdir"))
+        result = train.train_and_evaluate(config, workdir)
+        yield workdir, source, result
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_report_has_one_row_per_code_length(run):
+    workdir, _, result = run
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    assert report == json.loads(json.dumps(result.report))
+    assert report["bits"] == list(BITS)
+    rows = report["results"]
+    assert [row["bits"] for row in rows] == list(BITS)
+    for row in rows:
+        assert row["search"].startswith("Hamming")
+        assert set(row["metrics"]) == {"map@all", "p@5", "p@r2", "r@r2"}
+        assert row["conventions"]["query_side"] == "hamming"
+    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    val = [m for m in metrics if "val/12bit/map@all" in m]
+    assert val, "validation logs each code length"
+    for m in val:  # selection metric: the mean over the code lengths
+        np.testing.assert_allclose(
+            m["val/map@all"], np.mean([m[f"val/{b}bit/map@all"] for b in BITS])
+        )
+
+
+def test_test_map_equals_the_numpy_oracle(run):
+    workdir, source, result = run
+    config, method, model, meta = inference.restore_model(workdir)
+    r = Retriever(config, method, model, meta, code_length=48)
+    sp = protocols.get_splits(
+        config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
+    )
+    db_bits = r.encode(source.images[sp.database])
+    q_bits = r.encode(source.images[sp.query])
+    dist = (q_bits[:, None, :] != db_bits[None, :, :]).sum(-1)
+    labels = np.asarray(source.labels)
+    want = metrics_ref.retrieval_metrics(
+        -dist.astype(np.float64),
+        labels[sp.query],
+        labels[sp.database],
+        map_ks=(-1,),
+        precision_ks=(5,),
+    )
+    row = [row for row in result.report["results"] if row["bits"] == 48][0]
+    np.testing.assert_allclose(row["metrics"]["map@all"], want["map@all"], rtol=1e-6)
+
+
+def test_retriever_serves_each_code_length_and_reloads(run, tmp_path):
+    workdir, source, _ = run
+    for bits in (12, 48):
+        r = Retriever.from_workdir(workdir, code_length=bits)
+        r.add(source.images[:30])
+        codes = r.encode(source.images[:30])
+        assert codes.shape == (30, bits) and set(np.unique(codes)) <= {0, 1}
+        dist, ids = r.index.search(r.search_queries(source.images[:3]), 30)
+        brute = (codes[:3, None, :] != codes[None, :, :]).sum(-1)
+        order = np.argsort(brute, axis=1, kind="stable")
+        np.testing.assert_array_equal(ids, order)
+        np.testing.assert_array_equal(dist, np.take_along_axis(brute, order, 1))
+        path = r.save(tmp_path / f"db{bits}.npz")
+        back = Retriever.load(path, workdir)
+        assert back.code_length == bits and isinstance(back.index, index.BinaryIndex)
+        for a, b in zip(back.search(source.images[:3], 5), r.search(source.images[:3], 5)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="code lengths"):
+        Retriever.from_workdir(workdir, code_length=16)
+    # An index of the other code length is refused.
+    other = index.load_index(tmp_path / "db12.npz")
+    extra = index.load_index_metadata(tmp_path / "db48.npz")[1]["extra"]
+    other.save(tmp_path / "mixed.npz", extra=extra)
+    with pytest.raises(ValueError, match="another model"):
+        Retriever.load(tmp_path / "mixed.npz", workdir)
+
+
+def test_cli_and_faiss_export_on_binary_codes(run, tmp_path, capsys):
+    workdir, source, _ = run
+    out = tmp_path / "orl.npz"
+    assert (
+        cli.main(
+            [
+                "index",
+                "--workdir",
+                workdir,
+                "--database",
+                "dataset:orl_faces:database",
+                "--output",
+                str(out),
+                "--code_length",
+                "12",
+            ]
+        )
+        == 0
+    )
+    assert "12-bit codes" in capsys.readouterr().err
+    r = Retriever.load(out, workdir)
+    faiss = pytest.importorskip("faiss")
+    from dpq_jax.search import faiss_export
+
+    fidx = faiss_export.to_faiss_binary(r.index)
+    fdist, _ = fidx.search(r.query_vectors(source.images[:5]), 10)
+    dist, _ = r.index.search(r.search_queries(source.images[:5]), 10)
+    np.testing.assert_array_equal(fdist, dist)
+    del faiss
