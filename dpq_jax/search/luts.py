@@ -69,6 +69,16 @@ def _lut_inner_product(query, codebooks):
     )
 
 
+def _check_probs(probs, codebooks) -> None:
+    checks.check_codebooks(codebooks)
+    checks.check_lut(probs, "probs")
+    if probs.shape[1:] != codebooks.shape[:2]:
+        raise ValueError(
+            f"probs has shape {probs.shape} but the codebooks have [M, K] = "
+            f"{codebooks.shape[:2]}; they must agree."
+        )
+
+
 def lut_soft_quantized(
     probs: Float[Array, "q m k"], codebooks: Float[Array, "m k d"]
 ) -> Float[Array, "q m k"]:
@@ -92,13 +102,7 @@ def lut_soft_quantized(
       Retrieval", Pattern Recognition 2023 (soft quantization s_m = C_m p_m and the
       probability-table search of the released code).
     """
-    checks.check_codebooks(codebooks)
-    checks.check_lut(probs, "probs")
-    if probs.shape[1:] != codebooks.shape[:2]:
-        raise ValueError(
-            f"probs has shape {probs.shape} but the codebooks have [M, K] = "
-            f"{codebooks.shape[:2]}; they must agree."
-        )
+    _check_probs(probs, codebooks)
     return _lut_soft_quantized(jnp.asarray(probs), jnp.asarray(codebooks))
 
 
@@ -146,13 +150,7 @@ def soft_quantized_vectors(
       >>> soft_quantized_vectors(probs, cb).tolist()
       [[1.0, 3.0]]
     """
-    checks.check_codebooks(codebooks)
-    checks.check_lut(probs, "probs")
-    if probs.shape[1:] != codebooks.shape[:2]:
-        raise ValueError(
-            f"probs has shape {probs.shape} but the codebooks have [M, K] = "
-            f"{codebooks.shape[:2]}; they must agree."
-        )
+    _check_probs(probs, codebooks)
     return _soft_quantized_vectors(jnp.asarray(probs), jnp.asarray(codebooks))
 
 
