@@ -24,3 +24,12 @@ def cpu_devices():
     devices = jax.devices("cpu")
     assert len(devices) == 8, f"expected 8 fake CPU devices, got {len(devices)}"
     return devices
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Cheaper XLA compiles for tiny nets in one test module; the flag is restored after it."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

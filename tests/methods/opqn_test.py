@@ -16,21 +16,7 @@ from dpq_jax.methods import opqn as method
 from dpq_jax.quantizers import codebooks
 from dpq_jax.quantizers import reference as ref
 
-M, D_SUB, K = 3, 4, 4
-D = M * D_SUB
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Cheaper XLA compiles for the tiny nets; restored after this module."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
-
-
-def _random(shape, seed, scale=1.0):
-    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _model_cfg(**overrides):

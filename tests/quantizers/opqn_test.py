@@ -1,6 +1,5 @@
 """Tests for the OPQN quantizer (dpq_jax.quantizers.opqn) against quantizers/reference.py."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,13 +12,7 @@ M, D_SUB, K = 3, 4, 4
 D = M * D_SUB
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Cheaper XLA compiles for the tiny nets; restored after this module."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _random(shape, seed, scale=1.0):
