@@ -46,8 +46,14 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------
 # Train step
 # ----------------------------------------------------------------------------------------------
-def make_train_step(graphdef: Any, loss_fn, loss_cfg: ml_collections.ConfigDict, schedule):
-    """Returns `train_step(state, batch) -> (state, metrics)`, to be jitted with donation."""
+def make_train_step(
+    graphdef: Any, loss_fn, loss_cfg: ml_collections.ConfigDict, schedule, after_update=None
+):
+    """Returns `train_step(state, batch) -> (state, metrics)`, to be jitted with donation.
+
+    `after_update(model)`, when given, runs after the optimizer update (the method's
+    non-gradient parameter updates, e.g. DCBH's explicit centre update).
+    """
 
     def train_step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
@@ -59,6 +65,8 @@ def make_train_step(graphdef: Any, loss_fn, loss_cfg: ml_collections.ConfigDict,
         (loss, aux), grads = nnx.value_and_grad(compute_loss, has_aux=True)(model)
         params_before = jax.tree.map(lambda x: x, nnx.state(model, nnx.Param))  # a snapshot
         optimizer.update(model, grads)
+        if after_update is not None:
+            after_update(model)
         params_after = nnx.state(model, nnx.Param)
         updates = jax.tree.map(lambda a, b: a - b, params_after, params_before)
         grad_norm = optax.tree.norm(grads)
@@ -285,7 +293,10 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
 
     # ---------------------------------------------------------------------------- Train loop
     train_step = jax.jit(
-        make_train_step(graphdef, method.loss_fn, config.loss, schedule), donate_argnums=(0,)
+        make_train_step(
+            graphdef, method.loss_fn, config.loss, schedule, after_update=method.after_update
+        ),
+        donate_argnums=(0,),
     )
     ckpt.preemption.install()
     last_metrics: dict[str, float] = {}

@@ -37,3 +37,28 @@ def assignment_entropy(probs: Float[Array, "B M K"]) -> Float[Array, ""]:
     safe = jnp.where(positive, probs, 1.0)
     plogp = jnp.where(positive, probs * jnp.log(safe), 0.0)  # [B, M, K]
     return -jnp.mean(jnp.sum(plogp, axis=-1))
+
+
+def magnitude_l1(codes: Float[Array, "B k"], target: float) -> Float[Array, ""]:
+    """Mean L1 distance of the code magnitudes to a target: `(1/(B k)) sum_{b,i} ||h_bi| - t|`.
+
+    DDH (Lin et al., IJCAI 2017, Eq. 6; METHODS.md §5.2) pulls tanh codes toward ±1 (t = 1);
+    DCBH's code (METHODS.md §3.2) pulls its block-hash outputs toward magnitude 0.5, the
+    paper toward 1. The gradient at `|h| = t` and at `h = 0` is 0 (JAX's `sign(0) = 0`).
+
+    Args:
+      codes: `[B, k]` relaxed codes.
+      target: t > 0.
+
+    Returns:
+      Scalar float32.
+
+    Example:
+      >>> float(magnitude_l1(jnp.asarray([[0.5, -1.0], [0.0, 2.0]]), 1.0))
+      0.625
+    """
+    if codes.ndim != 2:
+        raise ValueError(f"Expected relaxed codes [B, k], got shape {tuple(codes.shape)}.")
+    if not target > 0:
+        raise ValueError(f"The magnitude target must be positive, got {target}.")
+    return jnp.mean(jnp.abs(jnp.abs(codes.astype(jnp.float32)) - target))

@@ -96,6 +96,13 @@ class Method(abc.ABC):
         """`(loss [] float32, aux dict of scalars)` of `batch` (`image [B, H, W, C]` float32,
         `label [B]` int32 or `[B, C]` multi-hot); several heads: the sum of their losses."""
 
+    def after_update(self, model) -> None:
+        """Non-gradient parameter updates after each optimizer step (jitted; default: none).
+
+        `loss_fn` may stash what it needs in non-`nnx.Param` variables of the model (their
+        mutations survive `nnx.value_and_grad`), e.g. DCBH's explicit centre update."""
+        del model
+
     @abc.abstractmethod
     def code_lengths(self, model_cfg: Any) -> tuple[int, ...]:
         """The code length of each head in bits, e.g. `(32,)` or `(12, 24, 36, 48)`."""
