@@ -1,19 +1,19 @@
-"""Images/s of the jitted OPQN train step on the current backend, beside the input pipeline.
+"""Images/s of the jitted train step of any experiment config, beside the input pipeline.
 
-For each setting the script builds the model and optimizer exactly as training does, places the
-state replicated and the batch sharded over all devices of the current backend, times `--steps`
-jitted train steps after a warm-up (compile) step, then times the input pipeline producing the
-same batches with augmentation, and prints both rates and their ratio (pipeline / train step;
-above 1 means the input pipeline is not the bottleneck).
+For each config the script builds the model and optimizer exactly as `dpq-train` does
+(`train.build_state`, the method's loss and `after_update` hook), places the state replicated
+and the batch sharded over all devices of the current backend, times `--steps` jitted train
+steps after a warm-up (compile) step, then times the input pipeline (the config's `pp_train`
+with augmentation) producing the same batches, and prints both rates and their ratio
+(pipeline / train step; above 1 means the input pipeline is not the bottleneck).
 
-Settings:
-  orl_cnn_small    the CPU default: cnn_small on 32×26 grey faces (configs/orl_opqn.py)
-  sphereface20_32  SphereFace-20 at 32×32×3 (FaceScrub/YouTube regime: D = 512, M = 8, K = 64, 48 bits)
-  sphereface20_112 SphereFace-20 at 112×112×3 (VGGFace2 regime: D = M·K = 1024, 32 bits)
+The images are synthetic, at the stored size of the config's dataset, so no data is needed;
+the batch size is the config's unless `--batch_size` is given.
 
-Run:
-  python benchmarks/train_throughput.py                     # all settings, batch 32
-  python benchmarks/train_throughput.py --batch_size 256 --settings sphereface20_112
+Run (the CPU table in BENCHMARKS.md):
+  python benchmarks/train_throughput.py --steps 5 \
+      --configs configs/fmnist_dsh.py:multihead,configs/fmnist_ddh.py:multihead
+  python benchmarks/train_throughput.py --batch_size 256 --steps 20 --dtype bfloat16  # a GPU
 """
 
 import argparse
@@ -21,109 +21,96 @@ import itertools
 import time
 
 import jax
-import ml_collections
 import numpy as np
-from flax import nnx
 
-from dpq_jax import optim, parallel, registry, train
+from dpq_jax import config_lib, parallel, registry, train
 from dpq_jax.data.pipeline import TrainPipeline
 from dpq_jax.data.sources import SyntheticSource
 
-NORM = "value_range(0,1)|normalize((0.5,),(0.5,))"
-SETTINGS = {
-    # name: (backbone cfg, stored image shape, pp spec, D, M, K)
-    "orl_cnn_small": (
-        {"name": "cnn_small", "widths": (32, 64, 128)},
-        (35, 29, 1),
-        f"random_crop(32,26)|flip_lr|{NORM}",
-        1024,
-        4,
-        256,
-    ),
-    "sphereface20_32": (
-        {"name": "sphereface20", "input_size": 32},
-        (35, 35, 3),
-        f"random_crop(32,32)|flip_lr|{NORM}",
-        512,
-        8,
-        64,
-    ),
-    "sphereface20_112": (
-        {"name": "sphereface20", "input_size": 112},
-        (120, 120, 3),
-        f"random_crop(112,112)|flip_lr|{NORM}",
-        1024,
-        4,
-        256,
-    ),
+# Stored image size (H, W, C) and number of classes of each dataset the configs name.
+DATASETS = {
+    "fashion_mnist": ((28, 28, 1), 10),
+    "orl_faces": ((112, 92, 1), 40),
+    "facescrub": ((32, 32, 3), 530),
+    "youtube_faces": ((32, 32, 3), 1595),
+    "vggface2": ((120, 120, 3), 8631),
 }
+DEFAULT_CONFIGS = (
+    "configs/orl_opqn.py",
+    "configs/fmnist_dsh.py:multihead",
+    "configs/fmnist_ddh.py:multihead",
+    "configs/fmnist_ddqh.py:multihead",
+    "configs/fmnist_dcbh.py:multihead",
+    "configs/fmnist_dcdh.py:multihead",
+    "configs/faces_seen_opqn.py:bits=48",
+)
 
 
-def _model_config(backbone, dim, m, k, dtype):
-    cfg = ml_collections.ConfigDict()
-    cfg.backbone = ml_collections.ConfigDict(backbone)
-    cfg.embedding_dim = dim
-    cfg.head = ml_collections.ConfigDict(
-        {"name": "opqn", "num_codebooks": m, "codebook_size": k, "codebook_init": "dct", "seed": 0}
+def bench(spec: str, args, mesh) -> None:
+    path, _, arg = spec.partition(":")
+    config = config_lib.load_config(path, arg or None)
+    with config.unlocked():
+        if args.batch_size:
+            config.input.batch_size = args.batch_size
+        if args.dtype and "dtype" in config.model:
+            config.model.dtype = args.dtype
+    if config.input.dataset not in DATASETS:
+        raise ValueError(f"{spec}: no stored image size for dataset {config.input.dataset!r}.")
+    shape, num_classes = DATASETS[config.input.dataset]
+    batch_size = int(config.input.batch_size)
+    source = SyntheticSource(
+        num_classes=num_classes, per_class=max(2, -(-2 * batch_size // num_classes)), shape=shape
     )
-    cfg.dtype = dtype
-    return cfg
-
-
-def bench(name, args, mesh):
-    backbone, shape, spec, dim, m, k = SETTINGS[name]
-    num_classes = 100
-    source = SyntheticSource(num_classes=num_classes, per_class=8, shape=shape)
-    pipe = TrainPipeline(source, np.arange(len(source)), spec, args.batch_size, seed=0)
-    method = registry.get("method", "opqn")
-    model = method.build(
-        _model_config(backbone, dim, m, k, args.dtype),
-        num_classes=num_classes,
-        in_channels=shape[-1],
-        rngs=nnx.Rngs(0),
+    pipe = TrainPipeline(source, np.arange(len(source)), config.input.pp_train, batch_size, seed=0)
+    method = registry.get("method", config.method)
+    graphdef, state, schedule = train.build_state(
+        config, num_classes=num_classes, in_channels=shape[-1]
     )
-    optim_cfg = ml_collections.ConfigDict(
-        {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "constant"}
-    )
-    optimizer, schedule = optim.make_nnx_optimizer(model, optim_cfg, 1000)
-    model.train()
-    graphdef, state = nnx.split((model, optimizer))
     state = jax.device_put(state, parallel.replicated(mesh))
-    loss_cfg = ml_collections.ConfigDict({"scale": 20.0, "margin": 0.5, "entropy_weight": 0.1})
     step_fn = jax.jit(
-        train.make_train_step(graphdef, method.loss_fn, loss_cfg, schedule), donate_argnums=(0,)
+        train.make_train_step(
+            graphdef, method.loss_fn, config.loss, schedule, after_update=method.after_update
+        ),
+        donate_argnums=(0,),
     )
     batches = [
         parallel.put_batch({key: b[key] for key in ("image", "label")}, mesh)
         for b in (pipe.batch(s) for s in range(2))
     ]
+    start = time.perf_counter()
     state, metrics = step_fn(state, batches[0])  # compile
     jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(args.steps):
         state, metrics = step_fn(state, batches[i % 2])
     jax.block_until_ready(metrics)
-    train_rate = args.steps * args.batch_size / (time.perf_counter() - start)
+    train_rate = args.steps * batch_size / (time.perf_counter() - start)
 
     pipe_steps = max(args.steps, 5)
     start = time.perf_counter()
     for _ in itertools.islice(pipe.iterate(0), pipe_steps):
         pass
-    pipe_rate = pipe_steps * args.batch_size / (time.perf_counter() - start)
+    pipe_rate = pipe_steps * batch_size / (time.perf_counter() - start)
+    backbone = dict(config.model.backbone)
+    name = backbone.pop("name")
+    extra = ",".join(f"{k}={v}" for k, v in backbone.items() if k != "input_hw")
+    label = f"{name}({extra})" if extra else name
     print(
-        f"{name:18s} batch {args.batch_size:4d} {args.dtype:8s} | train step "
-        f"{train_rate:9.1f} img/s | input pipeline {pipe_rate:9.1f} img/s | "
-        f"pipeline/train {pipe_rate / train_rate:7.1f}x",
+        f"{spec:40s} {config.method:5s} {label:34s} "
+        f"bits {method.code_lengths(config.model)} batch {batch_size} | compile {compile_s:5.1f} s"
+        f" | train step {train_rate:8.1f} img/s | input pipeline {pipe_rate:8.1f} img/s | "
+        f"pipeline/train {pipe_rate / train_rate:6.1f}x",
         flush=True,
     )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
+    parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16"))
     args = parser.parse_args()
     mesh = parallel.make_mesh()
     print(
@@ -131,8 +118,8 @@ def main():
         f"{jax.devices()[0].device_kind} | jax {jax.__version__}"
     )
     with jax.set_mesh(mesh):
-        for name in args.settings.split(","):
-            bench(name, args, mesh)
+        for spec in args.configs.split(","):
+            bench(spec, args, mesh)
 
 
 if __name__ == "__main__":
