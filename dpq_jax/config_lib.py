@@ -9,6 +9,8 @@ import os
 
 import ml_collections
 
+from dpq_jax.search import legacy
+
 
 def parse_arg(arg: str | None, lazy: bool = False, **spec) -> ml_collections.ConfigDict:
     """Parses a `--config=file.py:ARG` string such as `"bits=32,protocol=orl_unseen,runlocal"`.
@@ -78,6 +80,7 @@ def retrieval_eval(
     map_ks: tuple[int, ...] = (-1,),
     query_side: str = "",
     hamming_radius: int = 2,
+    hamming_packing: str = "bits",
 ) -> ml_collections.ConfigDict:
     """A `config.evals.<name>` entry for the retrieval evaluator (the method's search + metrics).
 
@@ -91,7 +94,18 @@ def retrieval_eval(
         "l2"); "" means the method's default.
       hamming_radius: binary codes also report precision and recall within this Hamming
         distance (`p@r2`, `r@r2`); -1 turns it off.
+      hamming_packing: binary codes only: `"bits"` (the correct 0/1 packing, default) or
+        `"legacy_compactbit"`, which scores the DDH / DCBH reference packing bug
+        (`dpq_jax.search.legacy`) to reproduce their published numbers; never for new results.
+        The evaluator refuses it for PQ methods and records it in its conventions.
+
+    Raises:
+      ValueError: an unknown `hamming_packing`.
     """
+    if hamming_packing not in legacy.HAMMING_PACKINGS:
+        raise ValueError(
+            f"hamming_packing must be one of {legacy.HAMMING_PACKINGS}, got {hamming_packing!r}."
+        )
     cfg = ml_collections.ConfigDict()
     cfg.type = "retrieval"
     cfg.query = query
@@ -103,6 +117,7 @@ def retrieval_eval(
     cfg.empty = "zero"  # queries without a relevant item count as AP 0
     cfg.ties = "stable"  # tied scores ranked by database index
     cfg.hamming_radius = hamming_radius
+    cfg.hamming_packing = hamming_packing
     cfg.log_steps = log_steps
     cfg.final = final
     return cfg

@@ -1,9 +1,13 @@
 """The end-of-training retrieval report: a table, `report.json`, and a precision-recall PNG.
 
-Every number is written next to its protocol, code length, K and metric conventions.
+Every number is written next to its protocol, code length, K and metric conventions. Each row
+also carries the code groups of its database codes (`code_stats`: distinct codes and the
+largest group of identical codes), when its evaluator logs them.
 """
 
 import numpy as np
+
+_STAT_NAMES = {"distinct_codes": "distinct codes", "largest_code_group": "largest group"}
 
 
 def build_report(
@@ -13,6 +17,7 @@ def build_report(
     and conventions: one row per (evaluator, code length)."""
     rows = []
     for name, evaluator in evaluators.items():
+        stats = tuple(getattr(evaluator, "code_stats", ()))  # not retrieval metrics
         raw_pixels = {
             k.split("/", 2)[2]: v
             for k, v in baseline.items()
@@ -20,6 +25,12 @@ def build_report(
         }
         for bits in code_lengths:
             prefix = evaluator.metric_prefix(bits) + "/"
+            row_metrics = {
+                k.removeprefix(prefix): v
+                for k, v in metrics.items()
+                if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
+            }
+            code_stats = {k: int(row_metrics.pop(k)) for k in stats if k in row_metrics}
             rows.append(
                 {
                     "eval": name,
@@ -30,11 +41,8 @@ def build_report(
                     "num_database": int(len(getattr(splits, evaluator.cfg.database))),
                     "bits": int(bits),
                     "search": evaluator.conventions["search"],
-                    "metrics": {
-                        k.removeprefix(prefix): v
-                        for k, v in metrics.items()
-                        if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
-                    },
+                    "metrics": row_metrics,
+                    "code_stats": code_stats,
                     "raw_pixels": raw_pixels,
                     "conventions": evaluator.conventions,
                 }
@@ -66,11 +74,14 @@ def format_report(report: dict) -> str:
     for name, rows in by_eval.items():
         first = rows[0]
         keys = list(first["metrics"])
-        header = ["protocol", "bits"] + keys + [f"raw pixels {k}" for k in first["raw_pixels"]]
+        stats = list(first.get("code_stats", {}))
+        header = ["protocol", "bits"] + keys + [_STAT_NAMES.get(k, k) for k in stats]
+        header += [f"raw pixels {k}" for k in first["raw_pixels"]]
         table = []
         for row in rows:
             values = [row["protocol"], str(row["bits"])]
             values += [f"{row['metrics'][k]:.4f}" for k in keys]
+            values += [str(row["code_stats"][k]) for k in stats]
             values += [f"{v:.4f}" for v in row["raw_pixels"].values()]
             table.append(values)
         widths = [max(len(h), *(len(v[i]) for v in table)) for i, h in enumerate(header)]

@@ -5,12 +5,20 @@ Configured under `config.evals.<name>` (big_vision's evaluator plug-ins; the hel
 `config_lib.retrieval_eval`): `type="retrieval"`, `query`/`database` (split names of the
 protocol), `query_side` ("" = the method's default), `map_ks`, `precision_ks`, `denominator`,
 `empty`, `ties`, `hamming_radius` (precision/recall within that Hamming radius, for binary
-codes), `log_steps` (0: only at the end), `final` (run on the selected checkpoint for the
-report).
+codes), `hamming_packing` (binary codes: `"bits"`, the correct 0/1 packing, or
+`"legacy_compactbit"`, the DDH / DCBH packing bug, for parity with their published numbers
+only; `dpq_jax.search.legacy`), `log_steps` (0: only at the end), `final` (run on the selected
+checkpoint for the report).
 
 Numbers are named `<name>/map@all`, `<name>/p@5`, ... for a model with one code length. A
 model with several (`config.model.bits = (12, 24, 36, 48)`) gets `<name>/<bits>bit/map@all`
 per length plus `<name>/map@all`, the mean over the lengths, which `select_on` can use.
+
+Every run also logs the code groups of each head's database codes: `<prefix>/distinct_codes`
+(how many different codes the database holds) and `<prefix>/largest_code_group` (the most
+items sharing one code). A network that collapses (hashing references end with a few
+hundred distinct codes for 60,000 items) shows there first. They are not averaged over the
+code lengths.
 """
 
 import jax
@@ -20,6 +28,50 @@ from flax import nnx
 from dpq_jax import encode
 from dpq_jax.methods import base
 from dpq_jax.metrics import retrieval as metrics_lib
+from dpq_jax.search import kernels, legacy
+
+CODE_STATS = ("distinct_codes", "largest_code_group")  # per head; never averaged over heads
+
+
+def code_group_stats(codes) -> tuple[int, int]:
+    """Groups of identical codes: how many distinct codes, and the size of the largest group.
+
+    Args:
+      codes: `[N, ...]` stored codes of one head (PQ codes `[N, M]`, 0/1 bits `[N, b]`).
+
+    Returns:
+      `(distinct, largest)`: the number of distinct rows and the largest number of identical
+      rows; `(0, 0)` for an empty database.
+
+    Example:
+      >>> code_group_stats(np.array([[0, 1], [2, 3], [0, 1]], np.uint8))
+      (2, 2)
+    """
+    codes = np.asarray(codes)
+    if codes.shape[0] == 0:
+        return 0, 0
+    rows = np.ascontiguousarray(codes.reshape(codes.shape[0], -1))
+    if rows.shape[1] == 0:
+        return 1, int(rows.shape[0])
+    # One opaque item per row: sorting them compares the rows' bytes.
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, counts = np.unique(keys, return_counts=True)
+    return int(counts.size), int(counts.max())
+
+
+def legacy_hamming_source(query_bits, db_bits) -> metrics_lib.ScoreSource:
+    """A Hamming score source on the DDH / DCBH `compactbit` bytes of 0/1 bits (parity only).
+
+    Args:
+      query_bits: `[Q, b]` 0/1 query bits.
+      db_bits: `[N, b]` 0/1 database bits.
+
+    Returns:
+      `metrics.retrieval.hamming_source` over `legacy.legacy_compactbit` bytes, with
+      `num_bits = 8 * ceil(b / 8)` (borrows of a partial byte can set its padding bits).
+    """
+    q, db = legacy.legacy_compactbit(query_bits), legacy.legacy_compactbit(db_bits)
+    return metrics_lib.hamming_source(q, db, num_bits=legacy.legacy_num_bits(np.shape(db_bits)[1]))
 
 
 class RetrievalEvaluator:
@@ -38,6 +90,8 @@ class RetrievalEvaluator:
       batch_size: global encoding batch (a multiple of the device count).
     """
 
+    code_stats = CODE_STATS  # per-head numbers of `run` that are not retrieval metrics
+
     def __init__(
         self,
         name,
@@ -54,6 +108,17 @@ class RetrievalEvaluator:
     ):
         self.name, self.cfg, self.method = name, cfg, method
         self.query_side = method.check_query_side(cfg.get("query_side"))
+        self.hamming_packing = cfg.get("hamming_packing", "bits")
+        if self.hamming_packing not in legacy.HAMMING_PACKINGS:
+            raise ValueError(
+                f"hamming_packing must be one of {legacy.HAMMING_PACKINGS}, got "
+                f"{self.hamming_packing!r}."
+            )
+        if self.hamming_packing != "bits" and method.code_type != "binary":
+            raise ValueError(
+                f"hamming_packing={self.hamming_packing!r} applies to binary codes only; method "
+                f"{method.name!r} has {method.code_type!r} codes, so use hamming_packing='bits'."
+            )
         self.code_lengths = tuple(code_lengths)
         self.final = bool(cfg.get("final", False))
         self.source, self.mesh = source, mesh
@@ -72,15 +137,20 @@ class RetrievalEvaluator:
             return method.code_params(model)
 
         self._code_params = code_params
+        search = method.describe_search(self.query_side)
+        if self.hamming_packing == "legacy_compactbit":
+            search += " on legacy_compactbit bytes (DDH/DCBH packing bug; parity only)"
         self.conventions = {
             "map_k": ["all" if k == -1 else int(k) for k in cfg.map_ks],
             "denominator": cfg.denominator,
             "empty": cfg.empty,
             "ties": cfg.ties,
             "relevance": "same label" if labels.ndim == 1 else "shares >= 1 label",
-            "search": method.describe_search(self.query_side),
+            "search": search,
             "query_side": self.query_side,
         }
+        if method.code_type == "binary":
+            self.conventions["hamming_packing"] = self.hamming_packing
         self.last_curves: dict[int, tuple] = {}  # bits -> (precision, recall) of the last run
 
     @property
@@ -115,20 +185,31 @@ class RetrievalEvaluator:
         params = jax.device_get(self._code_params(state))
         metrics: dict[str, float] = {}
         for head, bits in enumerate(self.code_lengths):
-            source = self.method.score_source(
-                query,
-                self.method.database_codes(database, head),
-                head=head,
-                params=base.head_params(params, head),
-                query_side=self.query_side,
-            )
-            metrics.update(self._score(source, prefix=self.metric_prefix(bits), bits=bits))
+            codes = self.method.database_codes(database, head)
+            source = self._source(query, codes, head, base.head_params(params, head))
+            prefix = self.metric_prefix(bits)
+            metrics.update(self._score(source, prefix=prefix, bits=bits))
+            for key, value in zip(CODE_STATS, code_group_stats(codes), strict=True):
+                metrics[f"{prefix}/{key}"] = float(value)
         if self.multi_head:  # the mean over code lengths, for checkpoint selection
             first = self.metric_prefix(self.code_lengths[0]) + "/"
-            for key in [k.removeprefix(first) for k in metrics if k.startswith(first)]:
+            keys = [k.removeprefix(first) for k in metrics if k.startswith(first)]
+            for key in [k for k in keys if k not in CODE_STATS]:
                 values = [metrics[f"{self.metric_prefix(b)}/{key}"] for b in self.code_lengths]
                 metrics[f"{self.name}/{key}"] = float(np.mean(values))
         return metrics
+
+    def _source(self, query, codes, head, params):
+        """The score source of one head: the method's, or Hamming on legacy bytes."""
+        if self.hamming_packing == "legacy_compactbit":
+            packed = self.method.search_queries(
+                query, head=head, params=params, query_side=self.query_side
+            )
+            query_bits = np.asarray(kernels.unpack_bits(packed, codes.shape[1]))
+            return legacy_hamming_source(query_bits, codes)
+        return self.method.score_source(
+            query, codes, head=head, params=params, query_side=self.query_side
+        )
 
     def run_raw_pixels(self) -> dict[str, float]:
         """The raw-pixel baseline on the same split: Euclidean distance between the original
