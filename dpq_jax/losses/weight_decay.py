@@ -26,7 +26,7 @@ def kernel_l2(model: nnx.Module, names: tuple[str, ...] = ("kernel",)) -> Float[
       Scalar float32 `sum_w sum(w²)`; 0 when no parameter matches.
     """
     total = jnp.zeros((), jnp.float32)
-    for path, value in nnx.state(model, nnx.Param).flat_state():
+    for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         if path and path[-1] in names:
             total = total + jnp.sum(jnp.square(jnp.asarray(value[...], jnp.float32)))
     return total
