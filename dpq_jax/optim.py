@@ -65,10 +65,14 @@ def make_optimizer(
         )
     elif name == "adam":
         parts.append(optax.adam(schedule))
+    elif name == "amsgrad":  # DCDH's optimizer (PyTorch Adam(amsgrad=True))
+        parts.append(optax.amsgrad(schedule))
     elif name == "adamw":
         parts.append(optax.adamw(schedule, weight_decay=weight_decay if decoupled else 0.0))
     else:
-        raise ValueError(f"Unknown optim.name {name!r}; choose one of ('sgd', 'adam', 'adamw').")
+        raise ValueError(
+            f"Unknown optim.name {name!r}; choose one of ('sgd', 'adam', 'amsgrad', 'adamw')."
+        )
     return optax.chain(*parts), schedule
 
 
