@@ -32,6 +32,8 @@ Run (`apt-get install dataset-fashion-mnist` first):
 Arguments: `bits` (one code length), `multihead` (12/24/36/48 from one run, one head each on a
 shared trunk, the sum of the per-head losses; selected on the mean validation mAP), `steps`,
 `width` (the trunk's channel multiplier), `runlocal` (tiny).
+`trunk=dcbh_net` or `trunk=dsh_net` runs this method's heads and loss on a trunk every
+method can share (`config_lib.SHARED_TRUNKS`), for same-backbone comparisons.
 
 Expected: not yet measured here (see the README results table). For scale: the reference DSH
 code reports mAP@all 0.81–0.85 on this protocol and budget (configs/fmnist_dsh.py). At
@@ -46,7 +48,7 @@ from dpq_jax import config_lib
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(
-        arg, bits=12, multihead=False, steps=5600, width=0.25, runlocal=False
+        arg, bits=12, multihead=False, steps=5600, width=0.25, runlocal=False, trunk=""
     )
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -82,4 +84,6 @@ def get_config(arg=None):
     if arg.runlocal:
         config_lib.run_locally(config)
         config.model.backbone.width = 1 / 32  # 2/4/8/16 channels, 24 trunk features
+    if arg.trunk:  # a same-backbone comparison: this method's heads and loss on a shared trunk
+        config_lib.shared_trunk(config.model, arg.trunk, tiny=arg.runlocal)
     return config.lock()

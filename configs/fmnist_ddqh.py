@@ -25,6 +25,8 @@ Run (`apt-get install dataset-fashion-mnist` first):
 Arguments: `bits` (one code length), `multihead` (12/24/36/48 from one run, one head each on a
 shared trunk, the sum of the per-head losses; selected on the mean validation mAP), `steps`,
 `runlocal` (tiny).
+`trunk=dcbh_net` or `trunk=dsh_net` runs this method's heads and loss on a trunk every
+method can share (`config_lib.SHARED_TRUNKS`), for same-backbone comparisons.
 
 Expected: no published number on this protocol; measured here: see the README results table.
 """
@@ -35,7 +37,7 @@ from dpq_jax import config_lib
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, bits=12, multihead=False, steps=5600, runlocal=False)
+    arg = config_lib.parse_arg(arg, bits=12, multihead=False, steps=5600, trunk="", runlocal=False)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "fmnist"
@@ -66,4 +68,6 @@ def get_config(arg=None):
     if arg.runlocal:
         config_lib.run_locally(config)
         config.model.backbone.widths = (4, 4, 4, 4)
+    if arg.trunk:  # a same-backbone comparison: this method's heads and loss on a shared trunk
+        config_lib.shared_trunk(config.model, arg.trunk, tiny=arg.runlocal)
     return config.lock()

@@ -22,6 +22,8 @@ Run (`apt-get install dataset-fashion-mnist` first):
 Arguments: `bits` (one code length), `multihead` (12/24/36/48 from one run, one head each on a
 shared trunk, the sum of the per-head losses; selected on the mean validation mAP),
 `steps`, `runlocal` (tiny).
+`trunk=dcbh_net` or `trunk=dsh_net` runs this method's heads and loss on a trunk every
+method can share (`config_lib.SHARED_TRUNKS`), for same-backbone comparisons.
 
 Reference (the reference DSH code, 24 epochs, same protocol): mAP@all 0.811 / 0.841 / 0.844 /
 0.854 at 12 / 24 / 36 / 48 bits. Measured here: see the README results table.
@@ -33,7 +35,7 @@ from dpq_jax import config_lib
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, bits=12, multihead=False, steps=5600, runlocal=False)
+    arg = config_lib.parse_arg(arg, bits=12, multihead=False, steps=5600, trunk="", runlocal=False)
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "fmnist"
@@ -65,4 +67,6 @@ def get_config(arg=None):
         config_lib.run_locally(config)
         config.model.backbone.widths = (4, 4, 8)
         config.model.features = 16
+    if arg.trunk:  # a same-backbone comparison: this method's heads and loss on a shared trunk
+        config_lib.shared_trunk(config.model, arg.trunk, tiny=arg.runlocal)
     return config.lock()

@@ -214,6 +214,43 @@ def training(
     config.tensorboard = True
 
 
+# Trunks any method can run on, for same-backbone comparisons (a config's `trunk=` argument):
+# name -> (model.backbone, model.features, the tiny runlocal variant of both).
+SHARED_TRUNKS = {
+    # DCBH's VGG-like net at the CPU width 1/4: 16-32-64-128 channels, 192 features.
+    "dcbh_net": (
+        {"name": "dcbh_net", "width": 0.25},
+        192,
+        ({"name": "dcbh_net", "width": 1 / 32}, 24),
+    ),
+    # DSH's conv-pool-LRN net with FC 500 (28×28 inputs).
+    "dsh_net": (
+        {"name": "dsh_net", "input_hw": (28, 28)},
+        500,
+        ({"name": "dsh_net", "input_hw": (28, 28), "widths": (4, 4, 8)}, 16),
+    ),
+}
+
+
+def shared_trunk(model: ml_collections.ConfigDict, name: str, *, tiny: bool = False) -> None:
+    """Puts the trunk `name` of `SHARED_TRUNKS` into a config's `model` group in place
+    (`model.backbone` and `model.features`), so every method can be compared on one backbone:
+    the method keeps its own heads, hashing layer and loss.
+
+    Example:
+      >>> model = ml_collections.ConfigDict({"backbone": {"name": "x"}, "features": 0})
+      >>> shared_trunk(model, "dcbh_net"); model.backbone.name, model.features
+      ('dcbh_net', 192)
+    """
+    if name not in SHARED_TRUNKS:
+        raise ValueError(f"Unknown trunk {name!r}; choose one of {sorted(SHARED_TRUNKS)}.")
+    backbone, features, tiny_variant = SHARED_TRUNKS[name]
+    if tiny:
+        backbone, features = tiny_variant
+    model.backbone = ml_collections.ConfigDict(backbone)
+    model.features = features
+
+
 def run_locally(config: ml_collections.ConfigDict) -> None:
     """Shrinks `config` in place to a few-second smoke run (the `runlocal` argument)."""
     config.total_steps = 4

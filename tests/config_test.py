@@ -3,6 +3,8 @@
 import glob
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -84,3 +86,26 @@ def _walk(tree):
             yield from _walk(value)
     else:
         yield tree
+
+
+@pytest.mark.parametrize("method", ["dsh", "ddh", "ddqh", "dcbh", "dcdh"])
+@pytest.mark.parametrize("trunk", ["dcbh_net", "dsh_net"])
+def test_fmnist_hashing_configs_build_on_every_shared_trunk(method, trunk):
+    """Same-backbone rows: each method's heads on each shared trunk build and give codes."""
+    config = config_lib.load_config(
+        f"configs/fmnist_{method}.py", f"runlocal,multihead,trunk={trunk}"
+    )
+    assert config.model.backbone.name == trunk
+    method_obj = registry.get("method", method)
+    model = nnx.eval_shape(  # abstract: shapes only, nothing is compiled or run
+        lambda: method_obj.build(config.model, num_classes=10, in_channels=1, rngs=nnx.Rngs(0))
+    )
+    graphdef, state = nnx.split(model)
+
+    def codes_fn(state, images):
+        model = nnx.merge(graphdef, state)
+        model.eval()
+        return method_obj.relaxed_codes(model, images)
+
+    codes = jax.eval_shape(codes_fn, state, jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
+    assert [c.shape for c in codes] == [(2, b) for b in (12, 24, 36, 48)]
