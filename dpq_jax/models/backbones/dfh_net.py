@@ -139,6 +139,21 @@ def _pool(x):
     return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
+PAPER_WIDTHS = (32, 64, 128, 256)
+
+
+def scaled_widths(width: float) -> tuple[int, ...]:
+    """The paper's channel widths (32, 64, 128, 256) times `width`, at least 1 each.
+
+    Example:
+      >>> scaled_widths(0.25)
+      (8, 16, 32, 64)
+    """
+    if not width > 0:
+        raise ValueError(f"The width multiplier must be positive, got {width}.")
+    return tuple(max(1, round(w * width)) for w in PAPER_WIDTHS)
+
+
 class DFHNet(nnx.Module):
     """DCDH's attention trunk up to FC → BN → ReLU (see the module docstring)."""
 
