@@ -20,10 +20,10 @@ Run (a few minutes on 2 CPU cores):
 
 Arguments: `protocol` (orl_seen | orl_unseen), `bits` (one code length), `multihead`
 (12/24/36/48 from one run), `steps`, `runlocal` (tiny). The model is selected on the
-validation split, never on the query set. Expected: not yet measured (see the README table).
+validation split, never on the query set. `width` (default 0.25: the DFHNet at a quarter of
+the paper's channels and FC 256, for CPU runs; `width=1` is the paper's net). Expected: not yet
+measured (see the README table).
 """
-`width` (default 0.25: the DFHNet at a quarter of the paper's channels and FC 256, for CPU
-runs; `width=1` is the paper's net).
 
 import ml_collections
 
