@@ -12,7 +12,7 @@ the batch size is the config's unless `--batch_size` is given.
 
 Run (the CPU table in BENCHMARKS.md):
   python benchmarks/train_throughput.py --steps 5 \
-      --configs configs/fmnist_dsh.py:multihead,configs/fmnist_ddh.py:multihead
+      --configs configs/fmnist_dsh.py:multihead configs/fmnist_dcbh.py:multihead,width=1
   python benchmarks/train_throughput.py --batch_size 256 --steps 20 --dtype bfloat16  # a GPU
 """
 
@@ -107,7 +107,7 @@ def bench(spec: str, args, mesh) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config[:args] ...")
     parser.add_argument("--batch_size", type=int, default=0, help="0: the config's")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--dtype", default="", choices=("", "float32", "bfloat16"))
@@ -118,7 +118,7 @@ def main():
         f"{jax.devices()[0].device_kind} | jax {jax.__version__}"
     )
     with jax.set_mesh(mesh):
-        for spec in args.configs.split(","):
+        for spec in args.configs:
             bench(spec, args, mesh)
 
 
