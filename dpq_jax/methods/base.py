@@ -321,6 +321,32 @@ class HashingMethod(Method):
         return "Hamming (0/1 bits = sign of the relaxed codes)"
 
 
+# Backbone constructor arguments a method sets itself; a config's model.backbone must not.
+RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
+
+
+def make_backbone(
+    name: str, kwargs: Mapping[str, Any], in_channels: int, features: int, *, dtype, rngs, method
+):
+    """The registered backbone `name` built as every method builds its trunk:
+    `Model(in_channels, features, dtype=dtype, rngs=rngs, **kwargs)`.
+
+    Raises:
+      ValueError: `kwargs` (the config's `model.backbone` without its name) sets an argument the
+        method sets itself; the message names them and the method.
+      KeyError: an unknown backbone name.
+    """
+    from dpq_jax import registry
+
+    reserved = sorted(set(kwargs) & set(RESERVED_BACKBONE_KEYS))
+    if reserved:
+        raise ValueError(
+            f"model.backbone sets {reserved}, which {method} sets itself (from the images and "
+            f"model.features / model.dtype); remove them from model.backbone."
+        )
+    return registry.get("backbone", name)(in_channels, features, dtype=dtype, rngs=rngs, **kwargs)
+
+
 def head_params(params: tuple[Any, ...] | None, head: int) -> Any:
     """One head's entry of `Method.code_params` (None for methods without code parameters)."""
     return None if params is None else params[head]

@@ -78,7 +78,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dpq_jax import registry
 from dpq_jax.losses.center import REDUCTIONS, center_delta, center_loss
 from dpq_jax.losses.quantization import magnitude_l1
 from dpq_jax.losses.weight_decay import kernel_l2
@@ -88,7 +87,6 @@ from dpq_jax.quantizers.block_hash import BLOCK_SIZE, block_hash
 from dpq_jax.typing import Array, Float, Int
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
 _field = functools.partial(base.field, what="DCBH")
 _XAVIER = nnx.initializers.xavier_uniform()
 
@@ -153,18 +151,12 @@ class DCBHModel(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
     ):
-        reserved = sorted(set(backbone_kwargs) & set(_RESERVED_BACKBONE_KEYS))
-        if reserved:
-            raise ValueError(
-                f"model.backbone sets {reserved}, which DCBH sets itself (from the images and "
-                f"model.features / model.dtype); remove them."
-            )
         if num_classes < 2:
             raise ValueError(f"DCBH's classifiers need at least 2 classes, got {num_classes}.")
         if block_size < 2:
             raise ValueError(f"model.block_size (L) must be at least 2, got {block_size}.")
-        self.backbone = registry.get("backbone", backbone)(
-            in_channels, features, dtype=dtype, rngs=rngs, **backbone_kwargs
+        self.backbone = base.make_backbone(
+            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DCBH"
         )
         trunk_width = features or getattr(self.backbone, "features", None)
         if not isinstance(trunk_width, int) or trunk_width < 1:

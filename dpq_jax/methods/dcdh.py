@@ -47,7 +47,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dpq_jax import registry
 from dpq_jax.losses import gaussian_center as gc
 from dpq_jax.methods import base
 from dpq_jax.models.backbones.cnn_small import BN_EPSILON, BN_MOMENTUM
@@ -55,7 +54,6 @@ from dpq_jax.models.backbones.dfh_net import XAVIER_NORMAL
 from dpq_jax.typing import Array, Float
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
 _ENCODINGS = ("sign", "nearest_center")
 _field = functools.partial(base.field, what="DCDH")
 
@@ -88,16 +86,10 @@ class DCDHModel(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
     ):
-        reserved = sorted(set(backbone_kwargs) & set(_RESERVED_BACKBONE_KEYS))
-        if reserved:
-            raise ValueError(
-                f"model.backbone sets {reserved}, which DCDH sets itself (from the images and "
-                f"model.features / model.dtype); remove them."
-            )
         if num_classes < 1:
             raise ValueError(f"DCDH needs at least one class for its centres, got {num_classes}.")
-        self.backbone = registry.get("backbone", backbone)(
-            in_channels, features, dtype=dtype, rngs=rngs, **backbone_kwargs
+        self.backbone = base.make_backbone(
+            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DCDH"
         )
         self.heads = nnx.List(
             [DCDHHead(features, bits, num_classes, rngs=rngs) for bits in code_lengths]

@@ -55,7 +55,6 @@ from dpq_jax.quantizers.divide_and_encode import DivideAndEncode
 from dpq_jax.typing import Array, Float, Int
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
 _GLOROT = jax.nn.initializers.xavier_uniform()  # Keras' Dense default
 HASH_LAYERS = ("divide_and_encode", "dense")
 
@@ -170,12 +169,6 @@ class DDHModel(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
     ):
-        reserved = sorted(set(backbone_kwargs) & set(_RESERVED_BACKBONE_KEYS))
-        if reserved:
-            raise ValueError(
-                f"model.backbone sets {reserved}, which the method sets itself (from the images "
-                f"and model.features / model.dtype); remove them."
-            )
         if features < 0:
             raise ValueError(f"model.features must be >= 0, got {features}.")
         backbone_cls = registry.get("backbone", backbone)
@@ -186,8 +179,8 @@ class DDHModel(nnx.Module):
                 f"model.features = 0 (the trunk's own width) works only with the ddh_net "
                 f"backbone; set model.features to the width of {backbone!r}'s output (e.g. 512)."
             )
-        self.backbone = backbone_cls(
-            in_channels, features, dtype=dtype, rngs=rngs, **backbone_kwargs
+        self.backbone = base.make_backbone(
+            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DDH"
         )
         width = features or int(self.backbone.out_features)  # ddh_net reports its own width
         self.heads = nnx.List(

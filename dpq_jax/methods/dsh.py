@@ -26,13 +26,11 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from dpq_jax import registry
 from dpq_jax.losses.pairwise import pairwise_hashing_loss
 from dpq_jax.methods import base
 from dpq_jax.typing import Array, Float
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
 _field = functools.partial(base.field, what="DSH")
 _XAVIER = nnx.initializers.xavier_uniform()
 
@@ -51,14 +49,8 @@ class DSHModel(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
     ):
-        reserved = sorted(set(backbone_kwargs) & set(_RESERVED_BACKBONE_KEYS))
-        if reserved:
-            raise ValueError(
-                f"model.backbone sets {reserved}, which DSH sets itself (from the images and "
-                f"model.features / model.dtype); remove them."
-            )
-        self.backbone = registry.get("backbone", backbone)(
-            in_channels, features, dtype=dtype, rngs=rngs, **backbone_kwargs
+        self.backbone = base.make_backbone(
+            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DSH"
         )
         self.heads = nnx.List(
             [nnx.Linear(features, bits, kernel_init=_XAVIER, rngs=rngs) for bits in code_lengths]

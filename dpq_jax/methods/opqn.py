@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dpq_jax import registry
 from dpq_jax.losses.margin import check_labels, subspace_cosface
 from dpq_jax.losses.quantization import assignment_entropy
 from dpq_jax.methods import base
@@ -38,8 +37,6 @@ from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Backbone arguments that build() sets itself; a config must not repeat them.
-_RESERVED_BACKBONE_KEYS = ("in_channels", "features", "rngs", "dtype")
 
 # OPQN code lengths with K = 256 codewords per book and D = M·K (so d = K: every codebook is
 # a full orthonormal basis of its subspace; the 112×112 regime of OPQN, METHODS §1.1).
@@ -113,12 +110,6 @@ class OPQNModel(nnx.Module):
           KeyError: an unknown backbone name.
         """
         kwargs = dict(backbone_kwargs or {})
-        reserved = sorted(set(kwargs) & set(_RESERVED_BACKBONE_KEYS))
-        if reserved:
-            raise ValueError(
-                f"Backbone config sets {reserved}, which OPQN sets itself (from in_channels, "
-                f"embedding_dim, dtype); remove them from model.backbone."
-            )
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}.")
         self.head = OrthoPQHead(
@@ -129,9 +120,14 @@ class OPQNModel(nnx.Module):
             seed=seed,
             rngs=rngs,
         )
-        backbone_cls = registry.get("backbone", backbone)
-        self.backbone = backbone_cls(
-            in_channels, embedding_dim, dtype=_dtype(dtype), rngs=rngs, **kwargs
+        self.backbone = base.make_backbone(
+            backbone,
+            kwargs,
+            in_channels,
+            embedding_dim,
+            dtype=_dtype(dtype),
+            rngs=rngs,
+            method="OPQN",
         )
         dim = embedding_dim // num_codebooks
         init = jax.nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2, batch_axis=(0,))
