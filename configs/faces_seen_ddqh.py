@@ -29,75 +29,15 @@ a gap to those numbers as a question about the formulation first. Not yet reprod
 data on the project machines).
 """
 
-import math
-
-import ml_collections
+import os
 
 from dpq_jax import config_lib
 
-CODE_LENGTHS = (12, 24, 36, 48)  # the DDH protocol
-# deprocess_image as a normalisation on the 0..1 scale: (x - mean) / std * 0.1 = (x - mean) /
-# (10 std), with the global (all pixels, all channels) mean and std.
-DEPROCESS = "value_range(0,1)|normalize((0.507,),(2.146,))"
-# Rough train split sizes (override with train_images=N after the first start prints it).
-TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800}
-
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(
-        arg, bits=48, multihead=False, dataset="facescrub", train_images=0, runlocal=False
+    """`configs/faces_seen_ddh.py` (same arguments, net, loss and recipe) with the DDQH method."""
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(__file__), "faces_seen_ddh.py"), arg
     )
-    if arg.bits not in CODE_LENGTHS:
-        raise ValueError(f"bits={arg.bits} not supported; choose one of {CODE_LENGTHS}.")
-    if arg.dataset not in TRAIN_IMAGES_ESTIMATE:
-        raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(TRAIN_IMAGES_ESTIMATE)}.")
-    batch_size = 256
-    train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
-    steps_per_epoch = math.ceil(train_images / batch_size)
-
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = arg.dataset
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # a folder with train_set/ and test_set/; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 512
-    config.input.pp_train = DEPROCESS  # no augmentation, as the reference
-    config.input.pp_eval = DEPROCESS
-    config.input.prefetch = 4
-
-    config.method = "ddqh"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict({"name": "ddh_net", "input_hw": (32, 32)})
-    config.model.features = 0  # ddh_net: its concatenation (860 at 32×32); other backbones: D
-    config.model.bits = CODE_LENGTHS if arg.multihead else arg.bits
-    config.model.slice_size = 4  # face feature layer = 4k, as DDH
-    config.model.dtype = "float32"  # "bfloat16" on accelerators
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.quant_weight = 0.01  # weight of mean || |h| - 1 ||_1
-    config.loss.magnitude_target = 1.0
-    config.loss.kernel_l2 = 1e-4  # Keras l2(1e-4): 1e-4 * sum w^2 over the kernels
-
-    config.optim = config_lib.optimizer("adam", lr=1e-3, schedule="constant")
-    config_lib.training(
-        config,
-        total_steps=200 * steps_per_epoch,
-        ckpt_steps=5 * steps_per_epoch,
-        log_training_steps=100,
-    )
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(5, 50)
-    )
-
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 4, 4, 4)
-    return config.lock()
+    config.method = "ddqh"  # the one difference: a dense hash layer instead of divide-and-encode
+    return config

@@ -22,43 +22,13 @@ Arguments: `protocol` (orl_seen | orl_unseen), `bits` (one code length), `multih
 Expected: no published number (a small sanity set); measured here: see the README.
 """
 
-import ml_collections
+import os
 
 from dpq_jax import config_lib
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(
-        arg, protocol="orl_seen", bits=48, multihead=False, steps=600, runlocal=False
-    )
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = arg.protocol
-    config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
-
-    config.method = "ddqh"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict({"name": "ddh_net", "input_hw": (32, 26)})
-    config.model.features = 0  # ddh_net: its concatenation (520 at 32×26); other backbones: D
-    config.model.bits = (12, 24, 36, 48) if arg.multihead else arg.bits
-    config.model.slice_size = 4  # face feature layer = 4k, as DDH
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.quant_weight = 0.01  # weight of mean || |h| - 1 ||_1
-    config.loss.magnitude_target = 1.0
-    config.loss.kernel_l2 = 1e-4  # Keras l2(1e-4): 1e-4 * sum w^2 over the kernels
-
-    config.optim = config_lib.optimizer("adam", lr=1e-3, schedule="cosine", warmup_steps=50)
-    config_lib.training(
-        config, total_steps=arg.steps, ckpt_steps=arg.steps // 6, log_training_steps=10
-    )
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=arg.steps // 6, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 4, 4, 4)
-    return config.lock()
+    """`configs/orl_ddh.py` (same arguments, net, loss and recipe) with the DDQH method."""
+    config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "orl_ddh.py"), arg)
+    config.method = "ddqh"  # the one difference: a dense hash layer instead of divide-and-encode
+    return config
