@@ -72,6 +72,7 @@ def get_config(arg=None):
     config.input = ml_collections.ConfigDict()
     config.input.dataset = arg.dataset
     config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
+    config.input.source_dir = ""  # a folder with the release files; "" = the manual dir
     config.input.batch_size = batch_size
     config.input.eval_batch_size = 512
     mean, std = NORMALIZE[arg.dataset]

@@ -58,6 +58,7 @@ def get_config(arg=None):
     config.input = ml_collections.ConfigDict()
     config.input.dataset = f"vggface2_to_{arg.target}"
     config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
+    config.input.source_dir = ""  # a folder with the release files; "" = the manual dir
     config.input.batch_size = batch_size
     config.input.eval_batch_size = 256
     norm = "value_range(0,1)|normalize((0.5,0.5,0.5),(0.5,0.5,0.5))"

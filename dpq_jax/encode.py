@@ -58,7 +58,8 @@ def encode_split(
       `indices`.
 
     Raises:
-      ValueError: empty `indices`, or a batch size that does not split over the devices.
+      ValueError: empty `indices`, a batch size that does not split over the devices, or
+        items with NaN or infinite values after preprocessing (they would be ranked as garbage).
     """
     indices = np.asarray(indices)
     if indices.size == 0:
@@ -74,6 +75,7 @@ def encode_split(
     )
     outputs, masks = [], []
     for batch in batches:
+        _check_finite(batch, pp_spec)
         images = parallel.put_batch({"image": batch["image"]}, mesh)["image"]
         outputs.append(predict_fn(state, images))
         masks.append(batch["mask"])
@@ -85,6 +87,18 @@ def encode_split(
     if count != len(indices):
         raise RuntimeError(f"encode_split returned {count} items for {len(indices)} indices.")
     return result
+
+
+def _check_finite(batch: dict, pp_spec: str) -> None:
+    """Refuses a host batch whose real rows hold NaN or Inf (this process's rows only)."""
+    images = batch["image"]
+    finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1) | ~batch["mask"]
+    if not finite.all():
+        bad = np.asarray(batch["index"])[~finite]
+        raise ValueError(
+            f"Items {bad[:10].tolist()} of the data source have NaN or infinite pixel values "
+            f"after preprocessing {pp_spec!r}; fix or drop those images in the data."
+        )
 
 
 def _to_host(tree: dict) -> dict:

@@ -14,6 +14,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from dpq_jax import checkpointing, optim, registry
@@ -52,26 +53,24 @@ def restore_model(workdir: str, step: int | str = "best"):
 
     Raises:
       FileNotFoundError: no `config.json` in `workdir`.
-      checkpointing.CheckpointError: no usable checkpoint.
+      checkpointing.CheckpointError: no checkpoint, no such step, or a foreign one.
+      checkpointing.DamagedCheckpointError: the step is damaged (its arrays differ from the
+        digest recorded when it was saved, or its files cannot be read).
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a dpq_jax training workdir.")
-    with open(path, encoding="utf-8") as f:
-        config = _tuples(ml_collections.ConfigDict(json.load(f)))
-    ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        save_interval_steps=1,
-        best_metric=config.get("select_on") or None,
-    )
+    config = load_workdir_config(workdir)
+    ckpt = _checkpointer(workdir, config)
     try:
         if step == "best":
             step = ckpt.best_step() or ckpt.latest_step()
         elif step == "latest":
             step = ckpt.latest_step()
-        if step is None:
-            raise checkpointing.CheckpointError(f"No checkpoint in {ckpt.directory}.")
-        signature = ckpt.restore_meta(step)["signature"]
+        elif isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise ValueError(
+                f"step must be 'best', 'latest' or a checkpoint step number, got {step!r}."
+            )
+        # Raises for no checkpoint at all or a missing step, naming the steps there are.
+        meta = ckpt.restore_meta(step)
+        step, signature = int(meta["step"]), meta["signature"]
         model = build_model(
             config, num_classes=signature["num_classes"], in_channels=signature["in_channels"]
         )
@@ -79,12 +78,68 @@ def restore_model(workdir: str, step: int | str = "best"):
         # the optimizer is rebuilt for its structure and dropped after the restore.
         optimizer, _ = optim.make_nnx_optimizer(model, config.optim, int(config.total_steps))
         graphdef, state = nnx.split((model, optimizer))
+        # Verified against the digest recorded at save time: a damaged step is refused.
         state, meta = ckpt.restore(checkpointing.abstract_like(state), step=step)
     finally:
         ckpt.close()
     model, _ = nnx.merge(graphdef, state)
     model.eval()
     return config, registry.get("method", config.method), model, meta
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    """A training workdir's `config.json` as a ConfigDict (tuples restored).
+
+    Raises:
+      FileNotFoundError: `workdir` holds no `config.json`.
+      ValueError: the file is not a JSON config.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a dpq_jax training workdir. Pass the "
+            "--workdir of a training run."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"{path} is not a dpq_jax config ({e}); the workdir is damaged or not a training "
+            "workdir."
+        ) from None
+    return _tuples(ml_collections.ConfigDict(data))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The checkpoint steps a training workdir holds, ascending (empty when none)."""
+    config = load_workdir_config(workdir)
+    ckpt = _checkpointer(workdir, config)
+    try:
+        return sorted(ckpt.all_steps())
+    finally:
+        ckpt.close()
+
+
+def model_digest(model) -> str:
+    """SHA-256 of the values of a model's variables (parameters, batch statistics, ...).
+
+    RNG state is left out: it does not change what the model computes in eval mode. Two models
+    share a digest exactly when they compute the same codes, whatever their run or workdir.
+    """
+    return checkpointing.state_digest(nnx.state(model, nnx.Not(nnx.RngState)))
+
+
+def _checkpointer(workdir: str, config) -> checkpointing.Checkpointer:
+    # Read-only: inference never creates, writes or deletes anything in a workdir.
+    return checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        save_interval_steps=1,
+        best_metric=config.get("select_on") or None,
+        read_only=True,
+    )
 
 
 def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

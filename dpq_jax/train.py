@@ -1,5 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the data-parallel training loop with resume,
 preemption handling, non-finite checks, periodic validation, and the final retrieval report.
+Before anything is written, the config is checked (`validate_config`, `check_input_shape`), the
+workdir is locked, and a resumed workdir's config is compared (`dpq_jax.workdir`).
 
 Data parallelism is `jax.jit` on a `"data"` mesh (STYLE §1.2): the batch is sharded `P("data")`,
 the `(model, optimizer)` NNX state is replicated, and the compiler inserts the gradient all-reduce.
@@ -7,6 +9,7 @@ The train step follows the functional NNX pattern: split once, merge inside the 
 return the new state (flax `docs_nnx/guides/performance.md`).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -24,11 +27,12 @@ from flax import nnx
 
 import dpq_jax
 from dpq_jax import checkpointing, inference, metric_writers, optim, parallel, registry
-from dpq_jax.data import pipeline, protocols
+from dpq_jax import workdir as workdir_lib
+from dpq_jax.data import pipeline, pp, protocols
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or gradients became NaN or Inf; the last good checkpoint is kept."""
+    """The loss or gradients became NaN or Inf; the checkpoints saved before that are kept."""
 
 
 @dataclasses.dataclass
@@ -149,12 +153,191 @@ def _check_finite(finite_flags: list, first_step: int, last_step: int, ckpt) -> 
     ok = bool(jax.device_get(functools.reduce(jnp.logical_and, finite_flags)))
     if not ok:
         last = ckpt.latest_step()
+        kept = (
+            f"the latest checkpoint (step {last}, saved before the non-finite values) in "
+            f"{ckpt.directory} is kept"
+            if last is not None
+            else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLossError(
             f"The loss or gradient norm became NaN/Inf between steps {first_step} and "
-            f"{last_step}. Training stopped; the last good checkpoint (step {last}) in "
-            f"{ckpt.directory} is kept. Lower --config.optim.lr, set "
+            f"{last_step}. Training stopped; {kept}. Lower --config.optim.lr, set "
             "--config.optim.grad_clip_norm, or check the input data."
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks: all before anything is written to the workdir
+# ----------------------------------------------------------------------------------------------
+def _registered(kind: str, name: str, field: str) -> Any:
+    try:
+        return registry.get(kind, name)
+    except KeyError as e:  # the registry lists the names; say which field to fix
+        raise ValueError(f"{field}: {e.args[0]}") from None
+
+
+def selectable_metrics(config: ml_collections.ConfigDict, eval_name: str) -> tuple[str, ...]:
+    """The metric names `config.evals.<eval_name>` logs that `select_on` may name.
+
+    A retrieval evaluator logs `<name>/map@all` (map_ks -1), `<name>/map@K`, `<name>/p@K`, and
+    for binary codes with `hamming_radius` R >= 0 `<name>/p@rR` and `<name>/r@rR`; a model with
+    several code lengths logs each as `<name>/<bits>bit/<metric>` plus their mean under
+    `<name>/<metric>` (`evaluators.retrieval`). Code-group counts are not selectable.
+
+    Raises:
+      ValueError: the evaluator's type is not "retrieval" (its names are unknown before it
+        runs).
+    """
+    cfg = config.evals[eval_name]
+    if cfg.type != "retrieval":
+        raise ValueError(
+            f"select_on: evaluator {eval_name!r} has type {cfg.type!r}, whose metric names are "
+            "not known before training; select on a retrieval evaluator."
+        )
+    method = _registered("method", config.method, "config.method")
+    keys = ["map@all" if int(k) == -1 else f"map@{int(k)}" for k in cfg.map_ks]
+    keys += [f"p@{int(k)}" for k in cfg.precision_ks]
+    radius = int(cfg.get("hamming_radius", -1))
+    if method.code_type == "binary" and radius >= 0:
+        keys += [f"p@r{radius}", f"r@r{radius}"]
+    lengths = tuple(method.code_lengths(config.model))
+    names = [f"{eval_name}/{key}" for key in keys]
+    if len(lengths) > 1:
+        names += [f"{eval_name}/{bits}bit/{key}" for bits in lengths for key in keys]
+    return tuple(names)
+
+
+def check_select_on(config: ml_collections.ConfigDict) -> str | None:
+    """The checkpoint-selection metric, checked: `"<evaluator>/<metric>"` of an evaluator in
+    `config.evals` that scores validation splits only (`val_*`, never the test queries), and a
+    metric that evaluator logs. `""` means no selection: the report uses the last step.
+
+    Returns:
+      `config.select_on`, or None when it is empty.
+
+    Raises:
+      ValueError: any other `select_on`, with the valid choices.
+    """
+    select_on = config.get("select_on", "") or None
+    if select_on is None:
+        return None
+    evals = config.get("evals") or {}
+    validation = [
+        name
+        for name, cfg in evals.items()
+        if str(cfg.get("query", "")).startswith("val_")
+        and str(cfg.get("database", "")).startswith("val_")
+    ]
+    hint = (
+        f"Set --config.select_on to one of the validation evaluators {sorted(validation)}, e.g. "
+        f"'{validation[0]}/map@all', or to '' to report the last step."
+        if validation
+        else "Add an evaluator on the val_query/val_database splits to config.evals, or set "
+        "--config.select_on='' to report the last step."
+    )
+    eval_name, _, metric = str(select_on).partition("/")
+    # A selection on training numbers (e.g. "train/loss") would be one more branch here.
+    if not metric:
+        raise ValueError(f"select_on={select_on!r} must read '<evaluator>/<metric>'. {hint}")
+    if eval_name not in evals:
+        raise ValueError(f"select_on={select_on!r} names no evaluator in config.evals. {hint}")
+    if eval_name not in validation:
+        cfg = evals[eval_name]
+        raise ValueError(
+            f"select_on={select_on!r} would select the checkpoint on the {cfg.get('query')}/"
+            f"{cfg.get('database')} splits; selection must use validation splits (val_*), "
+            f"never the test queries. {hint}"
+        )
+    names = selectable_metrics(config, eval_name)
+    if select_on not in names:
+        raise ValueError(
+            f"select_on={select_on!r}: evaluator {eval_name!r} logs no metric {metric!r}; "
+            f"choose one of {sorted(names)}."
+        )
+    return select_on
+
+
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> None:
+    """Checks what can be checked from the config alone, before the workdir is touched.
+
+    Args:
+      config: a training config.
+      num_devices: devices of the mesh (the batch sizes must split over them).
+
+    Raises:
+      ValueError: one message naming the field and the fix.
+    """
+    for field in ("total_steps", "ckpt_steps", "log_training_steps", "keep_ckpts"):
+        # ckpt_steps and log_training_steps are moduli of the step: 0 would divide by zero.
+        value = config.get(field)
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"config.{field} must be an integer >= 1, got {value!r}; set "
+                f"--config.{field} to a positive integer."
+            )
+    for field in ("batch_size", "eval_batch_size"):
+        value = config.input.get(field, config.input.batch_size)
+        if not isinstance(value, int | np.integer) or value < 1 or value % num_devices:
+            raise ValueError(
+                f"config.input.{field}={value!r} is not divisible by the {num_devices} devices "
+                f"of the mesh; set --config.input.{field} to a positive multiple of "
+                f"{num_devices}."
+            )
+    method = _registered("method", config.method, "config.method")
+    _registered("dataset", config.input.dataset, "config.input.dataset")
+    backbone = config.model.get("backbone")
+    if backbone is not None and backbone.get("name"):
+        _registered("backbone", backbone.name, "config.model.backbone.name")
+    if config.protocol not in protocols.PROTOCOLS:
+        raise ValueError(
+            f"config.protocol={config.protocol!r} is unknown; known: {sorted(protocols.PROTOCOLS)}."
+        )
+    for name, cfg in (config.get("evals") or {}).items():
+        _registered("evaluator", cfg.type, f"config.evals.{name}.type")
+        for side in ("query", "database"):
+            split = cfg.get(side)
+            if split is not None and split not in protocols.SPLIT_NAMES:
+                raise ValueError(
+                    f"config.evals.{name}.{side}={split!r} is not a split; choose one of "
+                    f"{protocols.SPLIT_NAMES}."
+                )
+        if cfg.get("query_side"):
+            method.check_query_side(cfg.query_side)
+    check_select_on(config)
+
+
+def check_input_shape(config, method, graphdef, state, images: np.ndarray) -> None:
+    """Checks that the model accepts the images the preprocessing gives (abstractly: nothing is
+    compiled or run), so a wrong `input_hw` stops the run before the workdir is written.
+
+    Args:
+      images: `[N >= 1, H, W, C]` source images; the first one is preprocessed.
+
+    Raises:
+      ValueError: the model cannot take the preprocessed shape (names both and the fields).
+    """
+    rng = np.random.default_rng(0)
+    shapes = {}
+    for field in ("pp_train", "pp_eval"):
+        shapes.setdefault(pp.build(config.input[field])(images[0], rng).shape, field)
+
+    def forward(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        model.eval()
+        return method.encode_fn(model, batch)
+
+    for shape, field in shapes.items():
+        try:
+            jax.eval_shape(forward, state, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+        except (TypeError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"The model does not take the {'x'.join(map(str, shape))} images that "
+                f"config.input.{field} makes of the {'x'.join(map(str, images.shape[1:]))} "
+                f"data ({first_line}). Set the backbone's input size (config.model.backbone: "
+                f"{dict(config.model.get('backbone', {}))}) to the preprocessed size, or change "
+                f"the crop/resize in config.input.{field}."
+            ) from e
 
 
 def build_state(config, *, num_classes: int, in_channels: int):
@@ -169,29 +352,77 @@ def build_state(config, *, num_classes: int, in_channels: int):
 # ----------------------------------------------------------------------------------------------
 # Main entry
 # ----------------------------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> TrainResult:
     """Trains `config.method`, resuming from `workdir` if it holds a checkpoint, then evaluates.
+
+    Before anything is written, the config is checked (`validate_config`, then the model
+    against the data's preprocessed shape), the workdir is locked for the run's life (process
+    0; a second run on it stops at once), and a workdir that already holds a run is compared
+    with its `config.json` (`workdir.check_config_change`).
 
     Args:
       config: a config from `configs/` (locked ConfigDict).
       workdir: output directory: `config.json`, `metrics.jsonl`, `tensorboard/`, `splits/`,
         `checkpoints/`, `report.json`, `pr_curve.png`.
+      allow_config_change: resume although fields of `workdir.COMPATIBLE_FIELDS` (learning
+        rate, step counts, intervals) differ from the workdir's run; the changes are logged.
 
     Returns:
-      A `TrainResult`.
+      A `TrainResult` (`stopped_early` after SIGTERM: rerun to resume).
 
     Raises:
-      NonFiniteLossError: NaN/Inf loss; the last good checkpoint stays in place.
+      ValueError: a config problem (the message names the field and the fix).
+      workdir.WorkdirError: the workdir is a file, is in use by another run, or holds a run
+        with an incompatible config (or a compatible change without `allow_config_change`).
+      NonFiniteLossError: NaN/Inf loss; the checkpoints saved before it stay in place.
       checkpointing.CheckpointError: the workdir holds a checkpoint of another model.
     """
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config.get("mesh_num_devices", -1), config.mesh_axis_types)
-    with jax.set_mesh(mesh):
-        return _train_and_evaluate(config, workdir, mesh)
+    validate_config(config, num_devices=mesh.devices.size)
+    workdir = workdir_lib.prepare(workdir)
+    with _guard_workdir(workdir, config, allow_config_change) as changes, jax.set_mesh(mesh):
+        return _train_and_evaluate(config, workdir, mesh, changes)
 
 
-def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
+@contextlib.contextmanager
+def _guard_workdir(workdir: str, config, allow_config_change: bool):
+    """Process 0 locks the workdir and compares the config with its `config.json`; on a
+    multi-host run the others learn the outcome, so no process trains alone. Yields the
+    allowed config changes."""
+    lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+    changes, error = [], None
+    if lock is not None:
+        try:
+            lock.acquire()
+            changes = workdir_lib.check_config_change(
+                workdir,
+                config,
+                allow=allow_config_change,
+                flag="--allow_config_change (allow_config_change=True in Python)",
+            )
+        except workdir_lib.WorkdirError as e:
+            error = e
+    try:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            refused = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+            if refused and error is None:
+                raise workdir_lib.WorkdirError(
+                    f"Process 0 refused workdir {workdir} (in use, or another config); see its "
+                    "log for the reason."
+                )
+        if error is not None:
+            raise error
+        yield changes
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(config, workdir, mesh, config_changes) -> TrainResult:
     # ---------------------------------------------------------------------------- Setup
     logging.info(
         "dpq_jax %s | jax %s | %d process(es), %d device(s) (%s)",
@@ -201,9 +432,6 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    local_batch = parallel.check_batch_size(config.input.batch_size, mesh)
-    writer = metric_writers.MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
-    writer.write_json("config.json", json.loads(config.to_json()))
 
     # ---------------------------------------------------------------------------- Data
     source = registry.get("dataset", config.input.dataset)(
@@ -216,88 +444,147 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
     )
     metric_writers.say(f"Protocol {config.protocol}: {splits.summary()}")
     train_source, num_classes = training_subset(source, splits.train)
-    train_data = pipeline.TrainPipeline(
-        train_source,
-        np.arange(len(splits.train)),
-        config.input.pp_train,
-        config.input.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        prefetch=config.input.get("prefetch", 2),
-    )
-    del local_batch
 
     # ---------------------------------------------------------------------------- Model
     method = registry.get("method", config.method)
     total_steps = int(config.total_steps)
+    in_channels = int(source.images.shape[-1])
     graphdef, state, schedule = build_state(
-        config, num_classes=num_classes, in_channels=int(source.images.shape[-1])
+        config, num_classes=num_classes, in_channels=in_channels
     )
+    check_input_shape(config, method, graphdef, state, source.images)
     state = jax.device_put(state, parallel.replicated(mesh))
-    num_params = sum(
-        x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
-    )
-    metric_writers.say(
-        f"Model {config.method}: {num_params / 1e6:.2f}M parameters; {jax.device_count()} "
-        f"device(s) ({jax.devices()[0].platform}), global batch {config.input.batch_size}."
+    select_on = check_select_on(config)
+    evaluators = _build_evaluators(
+        config, method=method, graphdef=graphdef, source=source, splits=splits, mesh=mesh
     )
 
     # ---------------------------------------------------------------------------- Checkpoint
-    signature = model_signature(config, num_classes, int(source.images.shape[-1]))
-    select_on = config.get("select_on", "") or None
+    signature = model_signature(config, num_classes, in_channels)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         save_interval_steps=int(config.ckpt_steps),
         max_to_keep=int(config.keep_ckpts),
         best_metric=select_on,
     )
-    start_step = 0
-    restored = ckpt.restore_or_none(checkpointing.abstract_like(state))
-    if restored is not None:
-        state, meta = restored
-        if meta.get("signature") != signature:
-            raise checkpointing.CheckpointError(
-                f"The checkpoint in {ckpt.directory} (step {meta.get('step')}) was written for "
-                f"another model or protocol: {meta.get('signature')} != {signature}. Use a new "
-                "--workdir."
+    writer = None
+    try:
+        start_step = 0
+        restored = ckpt.restore_or_none(checkpointing.abstract_like(state))
+        if restored is not None:
+            state, meta = restored
+            if meta.get("signature") != signature:
+                raise checkpointing.CheckpointError(
+                    f"The checkpoint in {ckpt.directory} (step {meta.get('step')}) was written "
+                    f"for another model or protocol: {meta.get('signature')} != {signature}. "
+                    "Use a new --workdir."
+                )
+            start_step = int(meta["step"])
+
+        # Every check has passed: only now is the run's record written.
+        writer = metric_writers.MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
+        if config_changes:
+            changed = workdir_lib.format_differences(config_changes)
+            metric_writers.say(f"Resuming with a changed config (allowed): {changed}.")
+            writer.write(
+                start_step,
+                {"config_changes": {f: {"old": a, "new": b} for f, a, b in config_changes}},
             )
-        start_step = int(meta["step"])
-        metric_writers.say(f"Resumed from step {start_step} in {ckpt.directory}.")
-    meta_base = {
-        "signature": signature,
-        "split_checksum": splits.checksum(),
-        "config": json.loads(config.to_json()),
-        "versions": {"dpq_jax": dpq_jax.__version__, "jax": jax.__version__},
-    }
+        writer.write_json(workdir_lib.CONFIG_NAME, json.loads(config.to_json()))
+        if restored is not None:
+            metric_writers.say(f"Resumed from step {start_step} in {ckpt.directory}.")
+        num_params = sum(
+            x.size for x in jax.tree.leaves(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
+        )
+        metric_writers.say(
+            f"Model {config.method}: {num_params / 1e6:.2f}M parameters; {jax.device_count()} "
+            f"device(s) ({jax.devices()[0].platform}), global batch {config.input.batch_size}."
+        )
+        train_data = pipeline.TrainPipeline(
+            train_source,
+            np.arange(len(splits.train)),
+            config.input.pp_train,
+            config.input.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            prefetch=config.input.get("prefetch", 2),
+        )
+        meta_base = {
+            "signature": signature,
+            "split_checksum": splits.checksum(),
+            "config": json.loads(config.to_json()),
+            "versions": {"dpq_jax": dpq_jax.__version__, "jax": jax.__version__},
+        }
+        # Every number the evaluators log is tagged with its protocol and metric conventions.
+        writer.write(
+            start_step,
+            {
+                f"{name}/conventions": {
+                    "protocol": config.protocol,
+                    "query": ev.cfg.query,
+                    "database": ev.cfg.database,
+                    **ev.conventions,
+                }
+                for name, ev in evaluators.items()
+            },
+        )
+        train_step = jax.jit(
+            make_train_step(
+                graphdef, method.loss_fn, config.loss, schedule, after_update=method.after_update
+            ),
+            donate_argnums=(0,),
+        )
+        step, stopped_early, last_metrics, state = _train_loop(
+            config,
+            state=state,
+            start_step=start_step,
+            total_steps=total_steps,
+            train_step=train_step,
+            train_data=train_data,
+            evaluators=evaluators,
+            select_on=select_on,
+            ckpt=ckpt,
+            meta_base=meta_base,
+            epoch_size=len(splits.train),
+            mesh=mesh,
+            writer=writer,
+        )
+        report = None
+        if not stopped_early:
+            report = _final_report(
+                config, workdir, ckpt, state, evaluators, select_on, source, splits, mesh, writer
+            )
+    finally:
+        # Close the checkpointer on every exit, errors included: an open orbax manager prints
+        # background-thread noise at interpreter exit that would bury the error message.
+        try:
+            ckpt.close()
+        finally:
+            if writer is not None:
+                writer.close()
+    return TrainResult(step, stopped_early, last_metrics, report, workdir, state)
 
-    evaluators = _build_evaluators(
-        config, method=method, graphdef=graphdef, source=source, splits=splits, mesh=mesh
-    )
-    # Every number the evaluators log is tagged with its protocol and metric conventions.
-    writer.write(
-        start_step,
-        {
-            f"{name}/conventions": {
-                "protocol": config.protocol,
-                "query": ev.cfg.query,
-                "database": ev.cfg.database,
-                **ev.conventions,
-            }
-            for name, ev in evaluators.items()
-        },
-    )
+
+def _train_loop(
+    config,
+    *,
+    state,
+    start_step,
+    total_steps,
+    train_step,
+    train_data,
+    evaluators,
+    select_on,
+    ckpt,
+    meta_base,
+    epoch_size,
+    mesh,
+    writer,
+):
+    """Steps `start_step + 1 .. total_steps` (or until preempted), with logging, periodic
+    evaluation and checkpoints. Returns `(step, stopped_early, last_metrics, state)`."""
     select_eval = select_on.split("/")[0] if select_on else None
-    if select_eval and select_eval not in evaluators:
-        raise ValueError(f"select_on={select_on!r} names no evaluator in config.evals.")
-
-    # ---------------------------------------------------------------------------- Train loop
-    train_step = jax.jit(
-        make_train_step(
-            graphdef, method.loss_fn, config.loss, schedule, after_update=method.after_update
-        ),
-        donate_argnums=(0,),
-    )
     ckpt.preemption.install()
     last_metrics: dict[str, float] = {}
     finite_flags, window_start = [], start_step + 1
@@ -345,7 +632,7 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
                 ckpt.save(
                     step,
                     state,
-                    {**meta_base, "epoch": step * config.input.batch_size / len(splits.train)},
+                    {**meta_base, "epoch": step * config.input.batch_size / epoch_size},
                     metrics=selection,
                     force=True,
                 )
@@ -357,31 +644,31 @@ def _train_and_evaluate(config, workdir, mesh) -> TrainResult:
         progress.close()
         ckpt.preemption.uninstall()
         ckpt.wait()
-
-    report = None
-    if not stopped_early:
-        report = _final_report(
-            config, workdir, ckpt, state, evaluators, select_on, source, splits, mesh, writer
-        )
-    ckpt.close()
-    writer.close()
-    return TrainResult(step, stopped_early, last_metrics, report, workdir, state)
+    return step, stopped_early, last_metrics, state
 
 
 def _final_report(
     config, workdir, ckpt, state, evaluators, select_on, source, splits, mesh, writer
 ):
-    """Restores the best-on-validation checkpoint and writes the retrieval report."""
+    """Restores the selected checkpoint (best `select_on`, else the last step) and writes the
+    retrieval report, saying which step it is and why."""
     from dpq_jax import report as report_lib
 
-    best = ckpt.best_step()
-    step = ckpt.latest_step()
-    if best is not None and best != step:
-        state, _ = ckpt.restore(checkpointing.abstract_like(state), step=best)
+    latest = ckpt.latest_step()
+    best = ckpt.best_step() if select_on else None
+    step, selected_on = latest, None
+    if best is None:
+        why = f"no kept checkpoint has a {select_on} value" if select_on else "select_on is ''"
+        metric_writers.say(f"Reporting the last step {latest} ({why}).")
+    else:
+        step, selected_on = best, select_on
+        cfg = evaluators[select_on.split("/")[0]].cfg
         metric_writers.say(
-            f"Selected the checkpoint of step {best} on {select_on} (validation split)."
+            f"Reporting step {best}: the best {select_on} ({cfg.query} against "
+            f"{cfg.database}) of the kept steps {sorted(ckpt.all_steps())}."
         )
-        step = best
+        if best != latest:
+            state, _ = ckpt.restore(checkpointing.abstract_like(state), step=best)
     final = {}
     curves = {}
     for name, evaluator in evaluators.items():
@@ -400,7 +687,7 @@ def _final_report(
         config,
         code_lengths=registry.get("method", config.method).code_lengths(config.model),
         step=step,
-        selected_on=select_on,
+        selected_on=selected_on,
         metrics=final,
         baseline=baseline,
         evaluators={n: e for n, e in evaluators.items() if e.final},

@@ -109,3 +109,40 @@ def test_fmnist_hashing_configs_build_on_every_shared_trunk(method, trunk):
 
     codes = jax.eval_shape(codes_fn, state, jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
     assert [c.shape for c in codes] == [(2, b) for b in (12, 24, 36, 48)]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_config_passes_the_training_checks(path, arg):
+    """What `train_and_evaluate` checks before touching a workdir holds for every shipped config
+    (step counts, batch sizes on 8 devices, names, splits, a validation `select_on`), and every
+    config takes `--config.input.source_dir` (the route for users' image folders)."""
+    from dpq_jax import train
+
+    config = config_lib.load_config(path, arg)
+    train.validate_config(config, num_devices=8)
+    assert config.input.source_dir == ""
+    assert config.evals[config.select_on.split("/")[0]].query.startswith("val_")
+
+
+def test_select_on_names_of_multi_head_and_binary_evaluators():
+    from dpq_jax import train
+
+    config = config_lib.load_config("configs/fmnist_dsh.py", "runlocal,multihead")
+    names = set(train.selectable_metrics(config, "val"))
+    assert {"val/map@all", "val/24bit/map@all", "val/48bit/p@r2", "val/r@r2"} <= names
+    assert not {"val/20bit/map@all", "val/distinct_codes", "val/12bit/distinct_codes"} & names
+    for select_on in ("val/24bit/map@all", "val/map@all", "val/p@r2"):
+        with config.unlocked():
+            config.select_on = select_on
+        assert train.check_select_on(config) == select_on
+    with config.unlocked():
+        config.select_on = "val/20bit/map@all"
+    with pytest.raises(ValueError, match="logs no metric '20bit/map@all'"):
+        train.check_select_on(config)
+    with config.unlocked():
+        config.select_on = ""
+    assert train.check_select_on(config) is None
+    # PQ codes are ranked by ADC, not Hamming distance: no radius metrics to select on.
+    opqn = config_lib.load_config("configs/orl_opqn.py", "runlocal")
+    assert not any("@r" in name for name in train.selectable_metrics(opqn, "val"))

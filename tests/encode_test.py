@@ -46,3 +46,23 @@ def test_empty_split_is_an_error(cpu_devices):
         encode.encode_split(
             None, None, source, [], pp_spec="value_range(0,1)", batch_size=8, mesh=mesh
         )
+
+
+def test_non_finite_items_are_refused_naming_them(cpu_devices):
+    mesh = parallel.make_mesh(devices=cpu_devices)
+    source = SyntheticSource(num_classes=3, per_class=4, shape=(4, 4, 1), seed=2)
+    # A source whose pixels are not validated uint8 (e.g. a user's own source class).
+    images = source.images.astype(np.float32)
+    images[7, 1, 2, 0] = np.nan
+    images[5, 0, 0, 0] = np.inf
+    source.images = images
+    model = _Mean()
+    graphdef, state = nnx.split((model, nnx.Variable(jnp.zeros(()))))
+    state = jax.device_put(state, parallel.replicated(mesh))
+    options = dict(pp_spec="value_range(0,1)", batch_size=8, mesh=mesh)
+    with jax.set_mesh(mesh):
+        predict = encode.make_predict_fn(graphdef, _fn)
+        with pytest.raises(ValueError, match=r"Items \[5, 7\] .* NaN or infinite"):
+            encode.encode_split(predict, state, source, np.arange(12), **options)
+        finite = encode.encode_split(predict, state, source, [0, 1, 2, 8, 10], **options)
+    assert np.isfinite(finite["feats"]).all()

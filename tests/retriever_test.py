@@ -9,14 +9,18 @@ import csv
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
-from dpq_jax import config_lib, inference, parallel, train
+from dpq_jax import checkpointing, config_lib, inference, io_utils, optim, parallel, train
 from dpq_jax.data import orl, protocols
 from dpq_jax.data import pp as pp_lib
 from dpq_jax.methods import opqn
@@ -284,3 +288,268 @@ def test_cli_reads_protocol_splits_and_tfds_sources(restored, run):
     assert first.shape == source.images.shape[1:] and first.dtype == np.uint8
     with pytest.raises(ValueError, match="Unknown split"):
         cli.load_items("dataset:orl_faces:nope", r, workdir=workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability: damaged checkpoints, index binding, pixel checks, output paths, one-line errors.
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy_workdir(run, tmp_path, name="copy") -> str:
+    target = tmp_path / name
+    shutil.copytree(run[0], target)
+    return str(target)
+
+
+def _data_files(workdir, step=2, *, values_only=False) -> list[str]:
+    """The array data files orbax wrote for a step (`values_only`: chunk files, no index)."""
+    files = []
+    for root, _, names in os.walk(os.path.join(workdir, "checkpoints", str(step), "state")):
+        in_data = os.path.basename(root) == "d"
+        if in_data and (not values_only or ".process_" in os.path.basename(os.path.dirname(root))):
+            files += [os.path.join(root, name) for name in names]
+    assert files, "no orbax data files found: has orbax's layout changed?"
+    return files
+
+
+def _flip_bytes(path, count=8):
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 2, len(data) // 2 + count):
+        data[i] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def _cli_error(capsys, argv) -> str:
+    """Runs dpq-search expecting a known error: exit status 1 and exactly one stderr line."""
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dpq-search: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_damaged_checkpoint_is_refused_by_inference_and_dpq_search(
+    restored, run, tmp_path, capsys, monkeypatch
+):
+    workdir = _copy_workdir(run, tmp_path)
+    for path in _data_files(workdir, values_only=True):
+        _flip_bytes(path)
+    # Without the digest check, the damaged weights load without a word.
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.Checkpointer, "_verify", lambda *args: None)
+        _, _, silent, _ = inference.restore_model(workdir, 2)
+    assert inference.model_digest(silent) != inference.model_digest(restored[2])
+
+    with pytest.raises(checkpointing.DamagedCheckpointError, match=r"step 2 .* is damaged"):
+        inference.restore_model(workdir)
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="retrain"):
+        Retriever.from_workdir(workdir)
+    out = tmp_path / "db.npz"
+    db = "--database=dataset:orl_faces:database"
+    err = _cli_error(capsys, ["index", f"--workdir={workdir}", db, f"--output={out}"])
+    assert "Checkpoint step 2" in err and "is damaged" in err
+    assert not out.exists()
+
+
+def test_unreadable_checkpoint_is_one_line_without_orbax_noise(run, tmp_path):
+    workdir = _copy_workdir(run, tmp_path)
+    for path in _data_files(workdir):
+        _flip_bytes(path, count=64)
+    out = tmp_path / "db.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpq_jax.search.cli", "index", f"--workdir={workdir}",
+         "--database=dataset:orl_faces:database", f"--output={out}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("dpq-search: error: Cannot read checkpoint step 2")
+    assert "--workdir" in lines[0] or "retrain" in lines[0]
+
+
+def _rewrite_step_with_other_backbone(workdir, step=2):
+    """The same config, signature, step and codebooks, but other backbone weights (as another
+    run of the same config would give); the step's digest is valid for its new values."""
+    config = inference.load_workdir_config(workdir)
+    directory = os.path.join(workdir, "checkpoints")
+    ckpt = checkpointing.Checkpointer(directory, save_interval_steps=1)
+    signature = ckpt.restore_meta(step)["signature"]
+    model = inference.build_model(
+        config, num_classes=signature["num_classes"], in_channels=signature["in_channels"]
+    )
+    optimizer, _ = optim.make_nnx_optimizer(model, config.optim, int(config.total_steps))
+    graphdef, state = nnx.split((model, optimizer))
+    state, meta = ckpt.restore(checkpointing.abstract_like(state), step=step)
+    ckpt.close()
+    model, optimizer = nnx.merge(graphdef, state)
+    params = nnx.state(model.backbone, nnx.Param)
+    nnx.update(model.backbone, jax.tree.map(lambda x: x * 1.05 + 0.01, params))
+    shutil.rmtree(os.path.join(directory, str(step)))
+    ckpt = checkpointing.Checkpointer(directory, save_interval_steps=1)
+    ckpt.save(step, nnx.state((model, optimizer)), meta, force=True)
+    ckpt.close()
+    return model
+
+
+def test_index_is_bound_to_the_exact_checkpoint(restored, run, tmp_path, capsys):
+    workdir, source = run
+    r = Retriever.from_workdir(workdir)
+    r.add(source.images[:20])
+    path = r.save(tmp_path / "db.npz")
+    other = _copy_workdir(run, tmp_path, "same_config_other_weights")
+    model = _rewrite_step_with_other_backbone(other)
+    # What the older checks compare is unchanged: signature, step and codebooks.
+    np.testing.assert_array_equal(model.head.codebooks[...], restored[2].head.codebooks[...])
+    with pytest.raises(ValueError, match="other model parameters .*same config and step"):
+        Retriever.load(path, other)
+    assert len(Retriever.load(path, workdir)) == 20  # the workdir that built it
+    queries = "--queries=dataset:orl_faces:query"
+    err = _cli_error(capsys, ["query", f"--workdir={other}", f"--index={path}", queries])
+    assert "other model parameters" in err and workdir in err  # names the workdir that built it
+
+
+def test_index_from_a_workdir_without_its_step(run, tmp_path, capsys):
+    workdir, source = run
+    r = Retriever.from_workdir(workdir)
+    r.add(source.images[:5])
+    path = r.save(tmp_path / "db.npz")
+    other = _copy_workdir(run, tmp_path, "other_run")
+    os.rename(os.path.join(other, "checkpoints", "2"), os.path.join(other, "checkpoints", "7"))
+    with pytest.raises(ValueError, match=r"has no step 2 \(its steps: \[7\]\).*another model"):
+        Retriever.load(path, other)
+    queries = "--queries=dataset:orl_faces:query"
+    err = _cli_error(capsys, ["query", f"--workdir={other}", f"--index={path}", queries])
+    assert "has no step 2" in err
+
+
+def test_non_finite_and_out_of_range_pixels_are_refused(restored, run):
+    _, source = run
+    r = _retriever(restored)
+    images = source.images[:3]
+    nan = images.astype(np.float32)
+    nan[1, 4, 5, 0] = np.nan
+    with pytest.raises(ValueError, match="Image 1 of the batch has NaN or infinite"):
+        r.encode(nan)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        r.add(list(nan))
+    r.add(images)
+    inf = images.astype(np.float32)
+    inf[0, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        r.search(inf, 1)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        r.encode(np.full((1, 32, 32, 1), np.nan, np.float32), preprocessed=True)
+    with pytest.raises(ValueError, match=r"like \[0, 1\] intensities.*multiply them by 255"):
+        r.encode(images.astype(np.float32) / 255.0)
+    bright = images.astype(np.float32) * 4.0
+    found = rf"values in \[{bright.min():g}, {bright.max():g}\]"
+    with pytest.raises(ValueError, match=found + r".*expects pixel values in \[0, 255\]"):
+        r.encode(bright)
+    with pytest.raises(ValueError, match="16-bit images: divide by 257"):
+        r.encode(images.astype(np.uint16) * 257)
+    assert len(r) == 3  # the refused calls added nothing
+    # Float pixel values in [0, 255] are accepted (resized as floats, so codes may differ).
+    assert r.encode(images.astype(np.float32)).shape == (3, M)
+
+
+def test_expected_pixel_range_follows_the_value_range_op():
+    from dpq_jax.search.retriever import expected_pixel_range
+
+    assert expected_pixel_range("resize(8,8)|value_range(-1,1)") == (0.0, 255.0)
+    assert expected_pixel_range("value_range(0,1,0,1)") == (0.0, 1.0)
+    assert expected_pixel_range("value_range(0,1,in_hi=4095)") == (0.0, 4095.0)
+    assert expected_pixel_range("normalize((0.5,),(0.5,))|value_range(0,1,0,1)") == (0, 255)
+
+
+def test_cli_refuses_16_bit_pngs(run, tmp_path, capsys):
+    workdir, source = run
+    face = tmp_path / "face16.png"
+    Image.fromarray(source.images[0, :, :, 0].astype(np.uint16) * 257).save(face)
+    # What reading it as 8 bits would give: nearly all white.
+    from dpq_jax.data import image_io
+
+    assert (image_io.read_image(face, 1) == 255).mean() > 0.9
+    db = "--database=dataset:orl_faces:database"
+    err = _cli_error(capsys, ["query", f"--workdir={workdir}", db, f"--queries={face}"])
+    assert "more than 8 bits" in err and "divide by 257" in err
+
+
+def test_cli_refuses_outputs_that_are_inputs_folders_or_run_files(run, tmp_path, capsys):
+    workdir, source = run
+    r = Retriever.from_workdir(workdir)
+    r.add(source.images[:5])
+    index_path = r.save(tmp_path / "db.npz")
+    saved = index_path.read_bytes()
+    query = tmp_path / "q.png"
+    Image.fromarray(source.images[2, :, :, 0]).save(query)
+    query_bytes = query.read_bytes()
+    (tmp_path / "link.npz").symlink_to(index_path)
+    base = ["query", f"--workdir={workdir}", f"--index={index_path}", f"--queries={query}"]
+    for output, problem in [
+        (index_path, "is also the input --index"),
+        (tmp_path / "link.npz", "is also the input --index"),
+        (query, "is also the input --queries"),
+        (tmp_path, "is a folder"),
+        (tmp_path / "missing" / "r.json", "does not exist; create it first"),
+        (os.path.join(workdir, "config.json"), "training run's own file config.json"),
+        (os.path.join(workdir, "checkpoints", "x"), "training run's own file checkpoints/x"),
+    ]:
+        assert problem in _cli_error(capsys, [*base, f"--output={output}"])
+    assert index_path.read_bytes() == saved and query.read_bytes() == query_bytes
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    Image.fromarray(source.images[1, :, :, 0]).save(folder / "a.png")
+    index_args = ["index", f"--workdir={workdir}", f"--database={folder}"]
+    assert "is a folder" in _cli_error(capsys, [*index_args, f"--output={folder}"])
+    single = ["index", f"--workdir={workdir}", f"--database={folder / 'a.png'}"]
+    assert "input --database" in _cli_error(capsys, [*single, f"--output={folder / 'a.png'}"])
+
+
+def test_cli_output_is_written_atomically(run, tmp_path, capsys, monkeypatch):
+    workdir, source = run
+    query = tmp_path / "q.png"
+    Image.fromarray(source.images[2, :, :, 0]).save(query)
+    out = tmp_path / "top.csv"
+    out.write_text("previous results\n")
+    argv = ["query", f"--workdir={workdir}", "--database=dataset:orl_faces:database",
+            f"--queries={query}", "--k=2", "--format=csv", f"--output={out}"]  # fmt: skip
+
+    def crash(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io_utils.os, "fsync", crash)  # the disk fills up while writing
+        with pytest.raises(OSError, match="No space left"):
+            cli.main(argv)
+    assert out.read_text() == "previous results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.png", "top.csv"]  # no temp file
+    assert cli.main(argv) == 0
+    assert out.read_text().startswith("query,rank,id,score,name,label")
+
+
+def test_cli_known_problems_are_one_line_unexpected_ones_keep_the_traceback(
+    run, tmp_path, capsys, monkeypatch
+):
+    workdir, _ = run
+    out = f"--output={tmp_path / 'db.npz'}"
+    err = _cli_error(capsys, ["index", f"--workdir={workdir}", "--database=dataset:bogus", out])
+    assert "Unknown dataset 'bogus'" in err and "orl_faces" in err
+    fresh = tmp_path / "fresh"  # a run that has not saved a checkpoint yet
+    fresh.mkdir()
+    shutil.copy(os.path.join(workdir, "config.json"), fresh / "config.json")
+    db = "--database=dataset:orl_faces:database"
+    err = _cli_error(capsys, ["index", f"--workdir={fresh}", db, out])
+    assert "No checkpoint found" in err and "Train first" in err
+    assert not (fresh / "checkpoints").exists()  # inference creates nothing in a workdir
+    err = _cli_error(capsys, ["index", f"--workdir={tmp_path / 'nowhere'}", db, out])
+    assert "not a dpq_jax training workdir" in err
+    err = _cli_error(capsys, ["index", f"--workdir={workdir}", "--step=9", db, out])
+    assert "No checkpoint step 9" in err and "[2]" in err
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Retriever, "from_workdir", boom)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["index", f"--workdir={workdir}", db, out])

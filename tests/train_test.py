@@ -84,19 +84,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(orl_data_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
     bad = tiny_config(orl_data_dir, total_steps=6, ckpt_steps=2, **{"optim.lr": 1e30})
     with pytest.raises(
-        train.NonFiniteLossError, match="NaN/Inf.*last good checkpoint \\(step 2\\)"
+        train.NonFiniteLossError, match="NaN/Inf.*latest checkpoint \\(step 2, saved before"
     ):
-        train.train_and_evaluate(bad, str(tmp_path))
+        train.train_and_evaluate(bad, str(tmp_path), allow_config_change=True)
     ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), save_interval_steps=1)
     assert ckpt.latest_step() == 2
     ckpt.close()
 
 
 def test_checkpoint_of_another_model_is_rejected(orl_data_dir, tmp_path):
+    from dpq_jax import workdir as workdir_lib
+
     train.train_and_evaluate(tiny_config(orl_data_dir, total_steps=2), str(tmp_path))
     other = tiny_config(orl_data_dir, total_steps=2, **{"model.embedding_dim": 1024 + 256})
-    with pytest.raises(checkpointing.CheckpointError, match="new --workdir"):
+    # First line of defence: the workdir's config.json.
+    with pytest.raises(workdir_lib.ConfigChangeError, match="model.embedding_dim: 1024 -> 1280"):
         train.train_and_evaluate(other, str(tmp_path))
+    # Second: without config.json, the checkpoint's signature (same shapes, another seed).
+    os.remove(tmp_path / "config.json")
+    reseeded = tiny_config(orl_data_dir, total_steps=2, seed=1)
+    with pytest.raises(checkpointing.CheckpointError, match="another model.*new --workdir"):
+        train.train_and_evaluate(reseeded, str(tmp_path))
 
 
 def test_corrupt_checkpoint_gives_clear_error(orl_data_dir, tmp_path):
@@ -107,7 +115,9 @@ def test_corrupt_checkpoint_gives_clear_error(orl_data_dir, tmp_path):
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
     with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
-        train.train_and_evaluate(tiny_config(orl_data_dir, total_steps=4), str(tmp_path))
+        train.train_and_evaluate(
+            tiny_config(orl_data_dir, total_steps=4), str(tmp_path), allow_config_change=True
+        )
     shutil.rmtree(tmp_path / "checkpoints" / "2")
 
 
@@ -134,3 +144,135 @@ def test_restore_model_matches_trained_state(orl_data_dir, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="not a dpq_jax training workdir"):
         inference.restore_model(str(tmp_path / "nowhere"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reliability (issue 13): a workdir is never clobbered, and bad configs stop before writing
+# ----------------------------------------------------------------------------------------------
+def _snapshot(workdir):
+    """Every file under `workdir` with its bytes (the lock file aside)."""
+    files = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            if name != ".lock":
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, workdir)] = f.read()
+    return files
+
+
+def test_locked_workdir_and_config_changes_leave_the_first_run_intact(orl_data_dir, tmp_path):
+    from dpq_jax import workdir as workdir_lib
+
+    first = tiny_config(orl_data_dir, total_steps=2)
+    train.train_and_evaluate(first, str(tmp_path))
+    before = _snapshot(tmp_path)
+    assert "config.json" in before and "report.json" in before
+
+    # 1. Another run holds the workdir: a second one stops at once, naming it.
+    with workdir_lib.WorkdirLock(str(tmp_path), command="first-run"):
+        with pytest.raises(workdir_lib.WorkdirBusyError, match="in use by pid .*first-run"):
+            train.train_and_evaluate(first, str(tmp_path), allow_config_change=True)
+    # 3. Incompatible fields stop with one message, even with the flag.
+    other = tiny_config(orl_data_dir, total_steps=2, protocol="orl_unseen")
+    with pytest.raises(workdir_lib.ConfigChangeError, match="protocol: 'orl_seen' -> 'orl_unseen'"):
+        train.train_and_evaluate(other, str(tmp_path), allow_config_change=True)
+    # 3. Compatible fields need the flag.
+    longer = tiny_config(orl_data_dir, total_steps=4, **{"optim.lr": 0.05})
+    with pytest.raises(workdir_lib.ConfigChangeError, match="allow_config_change") as info:
+        train.train_and_evaluate(longer, str(tmp_path))
+    assert "optim.lr: 0.1 -> 0.05" in str(info.value) and "total_steps: 2 -> 4" in str(info.value)
+    assert _snapshot(tmp_path) == before  # nothing was written by the runs that did not start
+
+    # With the flag the run resumes at step 2, and the change is on record.
+    result = train.train_and_evaluate(longer, str(tmp_path), allow_config_change=True)
+    assert result.step == 4
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["lr"] == 0.05
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    changes = [r for r in records if "config_changes" in r]
+    assert changes == [
+        {
+            "step": 2,
+            "time": changes[0]["time"],
+            "config_changes": {
+                "optim.lr": {"old": 0.1, "new": 0.05},
+                "total_steps": {"old": 2, "new": 4},
+            },
+        }
+    ]
+
+
+def test_only_process_zero_locks_and_compares(tmp_path, monkeypatch):
+    from dpq_jax import workdir as workdir_lib
+
+    (tmp_path / "config.json").write_text(json.dumps({"protocol": "another"}))
+    with workdir_lib.WorkdirLock(str(tmp_path)):  # held by "another run"
+        with pytest.raises(workdir_lib.WorkdirBusyError):
+            with train._guard_workdir(str(tmp_path), tiny_config(""), False):
+                pass
+        monkeypatch.setattr(jax, "process_index", lambda: 1)
+        with train._guard_workdir(str(tmp_path), tiny_config(""), False) as changes:
+            assert changes == []  # process 0 decides; the others follow its broadcast
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"total_steps": 0}, "config.total_steps must be an integer >= 1"),
+        ({"ckpt_steps": 0}, "config.ckpt_steps must be an integer >= 1"),  # was ZeroDivisionError
+        ({"log_training_steps": 0}, "config.log_training_steps must be an integer >= 1"),
+        ({"input.eval_batch_size": 12}, "config.input.eval_batch_size=12 .* 8 devices"),
+        ({"select_on": "test/map@all"}, "on the query/database splits; selection must use val"),
+        ({"select_on": "val/map@5"}, "evaluator 'val' logs no metric 'map@5'; choose one of"),
+        ({"select_on": "nosuch/map@all"}, "names no evaluator in config.evals"),
+        ({"select_on": "val"}, "must read '<evaluator>/<metric>'"),
+        ({"method": "nosuch"}, "config.method: Unknown method 'nosuch'"),
+        ({"evals.val.query": "val_queries"}, "config.evals.val.query='val_queries' is not a split"),
+    ],
+)
+def test_config_errors_stop_before_the_workdir_is_touched(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(tiny_config("", **overrides), str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+    from dpq_jax import workdir as workdir_lib
+
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(workdir_lib.WorkdirError, match="is a file, not a directory"):
+        train.train_and_evaluate(tiny_config(""), str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_input_size_that_does_not_match_the_data_is_one_clear_error(orl_data_dir, tmp_path):
+    config = tiny_config(orl_data_dir, **{"model.backbone.input_hw": (28, 28)})
+    with pytest.raises(ValueError, match=r"does not take the 32x26x1 images that config.input.pp"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not {"config.json", "metrics.jsonl", "checkpoints"} & set(os.listdir(tmp_path))
+
+
+def test_report_says_which_step_was_selected_and_why(orl_data_dir, tmp_path, capsys):
+    config = tiny_config(orl_data_dir, keep_ckpts=5)
+    result = train.train_and_evaluate(config, str(tmp_path / "best"))
+    records = [
+        json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()
+    ]
+    # Validation ran at every checkpoint (steps 2 and 4); the best (ties: the later) is reported.
+    val = {r["step"]: r["val/map@all"] for r in records if "val/map@all" in r}
+    assert sorted(val) == [2, 4]
+    best = max(sorted(val), key=lambda s: (val[s], s))
+    assert result.report["selected_step"] == best
+    assert result.report["selected_on"] == "val/map@all"
+    out = capsys.readouterr().out
+    assert f"Reporting step {best}: the best val/map@all (val_query against val_database)" in out
+    assert "(validation split)" not in out
+    # Every name `select_on` may use is one the evaluator logs.
+    logged = set().union(*records)
+    assert set(train.selectable_metrics(config, "val")) <= logged
+
+    # No selection: the last step, said as such.
+    none = tiny_config(orl_data_dir, total_steps=2, select_on="")
+    result = train.train_and_evaluate(none, str(tmp_path / "last"))
+    assert result.report["selected_step"] == 2 and result.report["selected_on"] == "last step"
+    assert "Reporting the last step 2 (select_on is '')" in capsys.readouterr().out

@@ -25,6 +25,13 @@ Each result row holds the query, rank, database id, score (PQ codes: inner produ
 distance for a distance query side such as OPQN's `l2`; binary codes: Hamming distance), and
 the database item's name and label. The index file is a
 `Retriever` file (`dpq_jax.search.retriever`); item names and labels are kept in its metadata.
+
+Safety: `--output` is checked before any work: it may not be a folder, lie in a missing folder,
+be one of the inputs (`--index`, `--database`, `--queries`), or be one of the training run's
+own files in the workdir. Outputs are written to a temporary file and renamed, so a crash never
+leaves a half-written file or destroys the previous one. An index is bound to the exact
+checkpoint that built it; a damaged checkpoint is refused. Known problems print one line,
+`dpq-search: error: ...`, and exit with status 1.
 """
 
 import argparse
@@ -38,6 +45,20 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+# Bad input and known failures: one line on stderr, exit status 1 (others keep their traceback).
+KNOWN_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+# What training writes in a workdir; `--output` may not overwrite it.
+RUN_FOLDERS = ("checkpoints", "checkpoints_damaged", "splits", "tensorboard")
+RUN_FILES = ("config.json", "report.json", "metrics.jsonl", "pr_curve.png")
+# PIL modes of images with more than 8 bits per channel: converting them to 8-bit grey or RGB
+# clips every value above 255 (a 16-bit PNG becomes nearly all white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
 FORMATS = ("text", "json", "csv")
 _LOAD_CHUNK = 1024  # images decoded and encoded per step, to bound host memory
@@ -66,8 +87,6 @@ class Items:
 
 
 def _path_items(spec: str, channels: int, relative: bool) -> Items:
-    from dpq_jax.data import image_io
-
     root = pathlib.Path(spec)
     if root.is_file():
         files, base = [root], None
@@ -90,8 +109,27 @@ def _path_items(spec: str, channels: int, relative: bool) -> Items:
         names,
         labels,
         np.arange(len(files), dtype=np.int64),
-        lambda a, b: [image_io.read_image(p, channels, what="dpq-search") for p in files[a:b]],
+        lambda a, b: [_read_image(p, channels) for p in files[a:b]],
     )
+
+
+def _read_image(path: pathlib.Path, channels: int) -> np.ndarray:
+    """uint8 `[H, W, C]`; refuses images of more than 8 bits per channel instead of clipping."""
+    from PIL import Image
+
+    from dpq_jax.data import image_io
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except (OSError, ValueError):
+        mode = None  # read_image names the file and the problem
+    if mode in _WIDE_MODES:
+        raise ValueError(
+            f"{path} is a {mode!r} image (more than 8 bits per pixel); read as 8-bit it would "
+            "be clipped to nearly all white. Convert it to 8 bits first (16-bit: divide by 257)."
+        )
+    return image_io.read_image(path, channels, what="dpq-search")
 
 
 def _dataset_items(spec: str, retriever, workdir: str, data_dir: str | None) -> Items:
@@ -105,6 +143,11 @@ def _dataset_items(spec: str, retriever, workdir: str, data_dir: str | None) -> 
     config = retriever.config
     if data_dir is None:
         data_dir = config.input.get("data_dir") or None
+    if name not in registry.names("dataset"):
+        raise ValueError(
+            f"Unknown dataset {name!r} in {spec!r}; registered datasets: "
+            f"{', '.join(registry.names('dataset'))}."
+        )
     source = registry.get("dataset", name)(data_dir=data_dir)
     if len(parts) == 3:
         splits = protocols.get_splits(
@@ -160,7 +203,12 @@ def _tfds_items(spec: str, data_dir: str | None, image_key: str, channels: int) 
     def images(a, b):
         out = []
         for i in range(a, b):
-            img = np.asarray(data[i][image_key], np.uint8)
+            img = np.asarray(data[i][image_key])
+            if img.dtype != np.uint8:
+                raise ValueError(
+                    f"{spec!r}: feature {image_key!r} holds {img.dtype} values, not uint8 "
+                    "images; pick the image feature with --image_key."
+                )
             out.append(img[..., None] if img.ndim == 2 else img)
         return out
 
@@ -303,76 +351,172 @@ def _step(value):
         raise ValueError(f"--step must be best, latest or an integer, got {value!r}.") from None
 
 
+def check_output(output: str, *, inputs: Sequence[tuple[str, str | None]], workdir: str) -> None:
+    """Refuses an `--output` that cannot be written or would destroy something, before any work.
+
+    Args:
+      output: the `--output` path.
+      inputs: `(flag, value)` of every input source (`dataset:`/`tfds:` specs are skipped).
+      workdir: the training workdir, whose run files are protected.
+
+    Raises:
+      ValueError: `output` is a folder, lies in a missing folder, is an input, or is one of
+        the training run's files.
+    """
+    path = pathlib.Path(output)
+    if path.is_dir():
+        raise ValueError(
+            f"--output {output!r} is a folder; give a file name, e.g. --output={path / 'out'}."
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"--output {output!r}: folder {str(parent)!r} does not exist; create it first "
+            f"(mkdir -p {parent}) or write elsewhere."
+        )
+    real = os.path.realpath(path)
+    for flag, value in inputs:
+        if value is None or value.startswith(("dataset:", "tfds:")):
+            continue
+        same = os.path.realpath(value) == real
+        if not same and path.exists() and os.path.exists(value):
+            same = os.path.samefile(value, path)  # hard links
+        if same:
+            raise ValueError(
+                f"--output {output!r} is also the input {flag}={value}; writing it would destroy "
+                "that input. Write to another file."
+            )
+    root = os.path.realpath(workdir)
+    if os.path.commonpath([root, real]) == root and real != root:
+        inside = pathlib.PurePath(os.path.relpath(real, root))
+        name = inside.name.lower()
+        if inside.parts[0] in RUN_FOLDERS or (
+            len(inside.parts) == 1 and (name in RUN_FILES or "lock" in name)
+        ):
+            raise ValueError(
+                f"--output {output!r} would overwrite the training run's own file "
+                f"{inside.as_posix()} in the workdir; write to another file."
+            )
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    return " ".join(str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command; returns the exit status (0 ok, 1 bad input). See the module docstring."""
+    """Runs the command; returns the exit status (0 ok, 1 bad input). See the module docstring.
+
+    Known problems (`KNOWN_ERRORS`: bad input, missing files, damaged or foreign checkpoints,
+    index files that do not match) print one line `dpq-search: error: ...` to stderr;
+    unexpected errors keep their traceback.
+    """
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KNOWN_ERRORS as e:
+        print(f"dpq-search: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    step = _step(args.step)
+    if args.output is not None:
+        queries = args.queries if args.command == "query" else []
+        check_output(
+            args.output,
+            inputs=[
+                ("--index", getattr(args, "index", None)),
+                ("--database", args.database),
+                *(("--queries", q) for q in queries),
+            ],
+            workdir=args.workdir,
+        )
     from dpq_jax.search.retriever import Retriever  # heavy; after --help and argument errors
 
-    try:
-        step = _step(args.step)
-        options = dict(batch_size=args.batch_size)
-        if args.command == "query" and args.index:
-            if args.query_side is not None or args.code_length is not None:
-                raise ValueError(
-                    "--query_side and --code_length are fixed by the index file; drop them "
-                    "with --index."
-                )
-            if isinstance(step, str):
-                raise ValueError(
-                    "With --index, --step must be the checkpoint step number the index was "
-                    "built with (default: the step recorded in the file)."
-                )
-            retriever = Retriever.load(args.index, args.workdir, step=step, **options)
-            catalog = (retriever.extra or {}).get("items", {})
-        else:
-            retriever = Retriever.from_workdir(
-                args.workdir,
-                "best" if step is None else step,
-                args.query_side,
-                code_length=args.code_length,
-                **options,
+    options = dict(batch_size=args.batch_size)
+    if args.command == "query" and args.index:
+        if args.query_side is not None or args.code_length is not None:
+            raise ValueError(
+                "--query_side and --code_length are fixed by the index file; drop them "
+                "with --index."
             )
-            database = load_items(
-                args.database,
-                retriever,
-                workdir=args.workdir,
-                data_dir=args.data_dir,
-                image_key=args.image_key,
+        if isinstance(step, str):
+            raise ValueError(
+                "With --index, --step must be the checkpoint step number the index was "
+                "built with (default: the step recorded in the file)."
             )
-            catalog = build_index(retriever, database)
-        if args.command == "index":
-            path = retriever.save(args.output, extra={"items": catalog})
-            print(
-                f"Indexed {len(retriever)} images ({retriever.index.code_bits}-bit codes, "
-                f"query side {retriever.query_side}) into {path}.",
-                file=sys.stderr,
-            )
-            return 0
-        queries = [
-            load_items(
-                spec,
-                retriever,
-                workdir=args.workdir,
-                data_dir=args.data_dir,
-                image_key=args.image_key,
-                relative=False,
-            )
-            for spec in args.queries
-        ]
-        text = format_rows(search_rows(retriever, queries, args.k, catalog), args.format)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dpq-search: error: {e}", file=sys.stderr)
-        return 1
+        retriever = Retriever.load(args.index, args.workdir, step=step, **options)
+        catalog = (retriever.extra or {}).get("items", {})
+    else:
+        retriever = Retriever.from_workdir(
+            args.workdir,
+            "best" if step is None else step,
+            args.query_side,
+            code_length=args.code_length,
+            **options,
+        )
+        database = load_items(
+            args.database,
+            retriever,
+            workdir=args.workdir,
+            data_dir=args.data_dir,
+            image_key=args.image_key,
+        )
+        catalog = build_index(retriever, database)
+    if args.command == "index":
+        path = retriever.save(args.output, extra={"items": catalog})
+        print(
+            f"Indexed {len(retriever)} images ({retriever.index.code_bits}-bit codes, "
+            f"query side {retriever.query_side}) into {path}.",
+            file=sys.stderr,
+        )
+        return 0
+    queries = [
+        load_items(
+            spec,
+            retriever,
+            workdir=args.workdir,
+            data_dir=args.data_dir,
+            image_key=args.image_key,
+            relative=False,
+        )
+        for spec in args.queries
+    ]
+    text = format_rows(search_rows(retriever, queries, args.k, catalog), args.format)
     if args.output:
-        pathlib.Path(args.output).write_text(text, encoding="utf-8")
+        from dpq_jax import io_utils
+
+        with io_utils.atomic_write(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
         print(f"Wrote {args.output}.", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
 
 
+def _drop_closed_event_loop_noise() -> None:
+    """Silences orbax's 'Event loop is closed' reports at exit, after a failed restore.
+
+    Tensorstore calls back into orbax's closed asyncio loop from a background thread; Python
+    reports each as an unraisable exception after the process printed its error line, and a
+    screen of identical tracebacks would bury that line. Other reports pass through.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def run() -> None:
     """Console-script entry point (`dpq-search`)."""
+    _drop_closed_event_loop_noise()
     sys.exit(main())
 
 

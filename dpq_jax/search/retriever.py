@@ -19,17 +19,26 @@ with several code lengths serves one of them (`code_length`, default the longest
 exact (ties: lower insertion position first).
 
 The saved file is an ordinary index file whose metadata also records the checkpoint step,
-model signature, code length, query side and preprocessing; `load` refuses a workdir or
-checkpoint that did not produce the codes.
+model signature, code length, query side, preprocessing and a digest of the model's variables
+(`inference.model_digest`); `load` refuses a workdir or checkpoint that did not produce the
+codes, even one of the same config and step (another run, or a retrained workdir).
+
+Images are checked where they enter: NaN or infinite values are refused, and so are pixel
+values outside the range `config.input.pp_eval` expects (`expected_pixel_range`; [0, 255]
+unless its `value_range` op says otherwise), including float images in [0, 1] given to a model
+that expects [0, 255].
 """
 
 import functools
+import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from dpq_jax import parallel
@@ -39,7 +48,70 @@ from dpq_jax.search import adc
 from dpq_jax.search import index as index_lib
 
 RETRIEVER_FORMAT = "dpq_jax.retriever"
-RETRIEVER_FORMAT_VERSION = 1
+# 2: records `model_sha256` (the digest of the model's variables) and `workdir`.
+RETRIEVER_FORMAT_VERSION = 2
+
+
+def expected_pixel_range(pp_spec: str) -> tuple[float, float]:
+    """The `[lo, hi]` pixel values a preprocessing spec is written for.
+
+    `value_range(lo, hi, in_lo, in_hi)` declares its input range (default `[0, 255]`); other
+    specs take uint8-like values in `[0, 255]` (`dpq_jax.data.pp.build`).
+
+    Examples:
+      >>> expected_pixel_range("resize(8,8)|value_range(-1,1)")
+      (0.0, 255.0)
+      >>> expected_pixel_range("value_range(0,1,in_lo=0,in_hi=1)")
+      (0.0, 1.0)
+    """
+    for name, args, kwargs in pp_lib.parse(pp_spec):
+        if name == "value_range":
+            bound = inspect.signature(pp_lib.value_range).bind(*args, **kwargs)
+            bound.apply_defaults()
+            return float(bound.arguments["in_lo"]), float(bound.arguments["in_hi"])
+        if name == "normalize":
+            break  # normalizes the raw values: the uint8 contract holds
+    return 0.0, 255.0
+
+
+def check_pixels(images: Sequence[np.ndarray], pp_spec: str, *, preprocessed: bool) -> None:
+    """Refuses images whose values the model's preprocessing would silently mis-read.
+
+    Args:
+      images: `[H, W, C]` arrays (uint8 or float).
+      pp_spec: the run's `config.input.pp_eval`.
+      preprocessed: the images are model inputs already (then only finiteness is checked).
+
+    Raises:
+      ValueError: NaN or infinite values; values outside `expected_pixel_range(pp_spec)`;
+        float images in [0, 1] where [0, 255] is expected.
+    """
+    lo, hi = np.inf, -np.inf
+    for position, img in enumerate(images):
+        if np.issubdtype(img.dtype, np.floating) and not np.isfinite(img).all():
+            raise ValueError(
+                f"Image {position} of the batch has NaN or infinite values; they would be "
+                "encoded and ranked as garbage. Fix or drop that image."
+            )
+        if img.size:
+            lo, hi = min(lo, float(img.min())), max(hi, float(img.max()))
+    if preprocessed or lo > hi:
+        return
+    want_lo, want_hi = expected_pixel_range(pp_spec)
+    tolerance = 1e-3 * (want_hi - want_lo)
+    if lo < want_lo - tolerance or hi > want_hi + tolerance:
+        raise ValueError(
+            f"The images have values in [{lo:g}, {hi:g}], but the model's preprocessing "
+            f"{pp_spec!r} expects pixel values in [{want_lo:g}, {want_hi:g}]. Rescale them "
+            "(16-bit images: divide by 257 and pass uint8)."
+        )
+    floats = any(np.issubdtype(img.dtype, np.floating) for img in images)
+    if floats and want_hi - want_lo > 2 and want_lo < hi <= want_lo + 1:
+        raise ValueError(
+            f"The float images have values in [{lo:g}, {hi:g}], like [0, 1] intensities, but "
+            f"the model's preprocessing {pp_spec!r} expects pixel values in [{want_lo:g}, "
+            f"{want_hi:g}]: multiply them by {want_hi - want_lo:g} (or pass uint8 images)."
+        )
 
 
 def default_query_side(config, method) -> str:
@@ -124,6 +196,8 @@ class Retriever:
         # Code parameters (PQ: the head's codebooks; None for binary codes), on the host.
         self.code_params = jax.device_get(base.head_params(method.code_params(model), self.head))
         self.extra: dict | None = None  # the user's metadata of a loaded file
+        self.workdir: str | None = None  # set by from_workdir, recorded in saved files
+        self._model = model
 
         graphdef, state = nnx.split(model)
         if mesh is not None:
@@ -177,7 +251,7 @@ class Retriever:
         from dpq_jax import inference  # heavy (optax, orbax); only needed here
 
         config, method, model, meta = inference.restore_model(workdir, step)
-        return cls(
+        r = cls(
             config,
             method,
             model,
@@ -187,6 +261,16 @@ class Retriever:
             batch_size=batch_size,
             mesh=mesh,
         )
+        r.workdir = os.path.abspath(workdir)
+        return r
+
+    @functools.cached_property
+    def model_digest(self) -> str:
+        """SHA-256 of the model's variables (`inference.model_digest`): what binds an index
+        file to the exact checkpoint that encoded it."""
+        from dpq_jax import inference
+
+        return inference.model_digest(self._model)
 
     def save(self, path, *, extra: dict | None = None):
         """Writes the index and the retriever's provenance to `path` (an index `.npz`).
@@ -211,6 +295,8 @@ class Retriever:
             "checkpoint_step": self.checkpoint_step,
             "signature": self.meta["signature"],
             "pp_eval": self.pp_spec,
+            "model_sha256": self.model_digest,
+            "workdir": self.workdir,
             "user": extra,
         }
         return self.index.save(path, extra={"retriever": info})
@@ -241,7 +327,9 @@ class Retriever:
         Raises:
           FileNotFoundError: no index file or no workdir.
           ValueError: a damaged file, a file not written by `Retriever.save`, or a workdir /
-            checkpoint whose model did not produce these codes.
+            checkpoint whose model did not produce these codes: another model, a workdir
+            without the recorded step, or other parameters (another run of the same config).
+          dpq_jax.checkpointing.CheckpointError: the checkpoint is damaged.
         """
         index, meta = index_lib.load_index_metadata(path)
         info = (meta.get("extra") or {}).get("retriever")
@@ -267,6 +355,16 @@ class Retriever:
                 f"{str(path)!r} holds codes of checkpoint step {saved_step}, not {step}; "
                 "re-index the images with that checkpoint or omit step."
             )
+        from dpq_jax import inference
+
+        built_by = info.get("workdir") or "another workdir"
+        steps = inference.checkpoint_steps(workdir)
+        if saved_step not in steps:
+            raise ValueError(
+                f"{str(path)!r} was built with checkpoint step {saved_step} of {built_by}, but "
+                f"{workdir!r} has no step {saved_step} (its steps: {steps}): the index comes "
+                "from another model. Pass the workdir that built it, or re-index the images."
+            )
         r = cls.from_workdir(
             workdir,
             saved_step,
@@ -279,6 +377,21 @@ class Retriever:
             raise ValueError(
                 f"{str(path)!r} was built by another model ({info['signature']}), not the one in "
                 f"{workdir!r} ({r.meta['signature']}); pass the workdir that built it."
+            )
+        saved_digest = info.get("model_sha256")
+        if saved_digest is None:
+            logging.warning(
+                "%s records no model digest (written by an older dpq_jax): it is checked "
+                "against %s by config signature and codebooks only.",
+                path,
+                workdir,
+            )
+        elif saved_digest != r.model_digest:
+            raise ValueError(
+                f"{str(path)!r} was built by other model parameters (from {built_by}) than "
+                f"checkpoint step {saved_step} of {workdir!r}: parameter digest "
+                f"{saved_digest[:12]}... != {r.model_digest[:12]}... (same config and step are "
+                "not enough). Pass the workdir that built it, or re-index the images."
             )
         if not r.method.index_matches(
             index, params=r.code_params, code_length=r.code_length, query_side=r.query_side
@@ -300,6 +413,7 @@ class Retriever:
     def preprocess(self, images, *, preprocessed: bool = False) -> np.ndarray:
         """Model inputs `[N, h, w, C]` float32 from images (see `encode`)."""
         items = self._as_images(images)
+        check_pixels(items, self.pp_spec, preprocessed=preprocessed)
         if preprocessed:
             for img in items:
                 if not np.issubdtype(img.dtype, np.floating):
@@ -351,8 +465,12 @@ class Retriever:
                     f"of shape {img.shape}; convert the images (e.g. PIL .convert('L' or 'RGB'))."
                 )
             if not (img.dtype == np.uint8 or np.issubdtype(img.dtype, np.floating)):
+                hint = ""
+                if img.itemsize == 2:
+                    hint = " (16-bit images: divide by 257 and cast to uint8)"
                 raise ValueError(
-                    f"images must be uint8 (or float pixel values in [0, 255]), got {img.dtype}."
+                    f"images must be uint8 (or float pixel values in [0, 255]), got "
+                    f"{img.dtype}{hint}."
                 )
         return items
 
