@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dpq_jax import checkpointing, optim, registry
+from dpq_jax import checkpointing, registry
 
 
 def build_model(config: ml_collections.ConfigDict, *, num_classes: int, in_channels: int):
@@ -76,7 +76,8 @@ def restore_model(workdir: str, step: int | str = "best"):
         )
         # Checkpoints hold the state of (model, optimizer) and orbax restores whole trees, so
         # the optimizer is rebuilt for its structure and dropped after the restore.
-        optimizer, _ = optim.make_nnx_optimizer(model, config.optim, int(config.total_steps))
+        method = registry.get("method", config.method)
+        optimizer, _ = method.make_optimizer(model, config.optim, int(config.total_steps))
         graphdef, state = nnx.split((model, optimizer))
         # Verified against the digest recorded at save time: a damaged step is refused.
         state, meta = ckpt.restore(checkpointing.abstract_like(state), step=step)

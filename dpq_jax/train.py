@@ -26,7 +26,7 @@ from absl import logging
 from flax import nnx
 
 import dpq_jax
-from dpq_jax import checkpointing, inference, metric_writers, optim, parallel, registry
+from dpq_jax import checkpointing, inference, metric_writers, parallel, registry
 from dpq_jax import workdir as workdir_lib
 from dpq_jax.data import pipeline, pp, protocols
 
@@ -343,7 +343,8 @@ def check_input_shape(config, method, graphdef, state, images: np.ndarray) -> No
 def build_state(config, *, num_classes: int, in_channels: int):
     """Builds `(graphdef, state, schedule)` of the `(model, optimizer)` pair in train mode."""
     model = inference.build_model(config, num_classes=num_classes, in_channels=in_channels)
-    optimizer, schedule = optim.make_nnx_optimizer(model, config.optim, int(config.total_steps))
+    method = registry.get("method", config.method)
+    optimizer, schedule = method.make_optimizer(model, config.optim, int(config.total_steps))
     model.train()
     graphdef, state = nnx.split((model, optimizer))
     return graphdef, state, schedule

@@ -103,6 +103,18 @@ class Method(abc.ABC):
         mutations survive `nnx.value_and_grad`), e.g. DCBH's explicit centre update."""
         del model
 
+    def make_optimizer(self, model, optim_cfg: Any, total_steps: int):
+        """`(optimizer, schedule)`: the `nnx.Optimizer` over the model's `nnx.Param`s and the
+        learning-rate schedule the trainer logs.
+
+        Default: `optim.make_nnx_optimizer` (one optax chain from `config.optim`). A method with
+        its own recipe overrides it (DPQ's encoder / codebook optimizers); whoever builds the
+        optimizer (trainer, `inference.restore_model`) should call this, so the checkpointed
+        optimizer state has the same tree in both."""
+        from dpq_jax import optim
+
+        return optim.make_nnx_optimizer(model, optim_cfg, total_steps)
+
     @abc.abstractmethod
     def code_lengths(self, model_cfg: Any) -> tuple[int, ...]:
         """The code length of each head in bits, e.g. `(32,)` or `(12, 24, 36, 48)`."""
@@ -110,7 +122,8 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def encode_fn(self, model, images) -> dict[str, Any]:
         """Database side of `images [B, H, W, C]` (eval mode): a dict of `[B, ...]` arrays whose
-        `"codes"` entry is a tuple with one code array per head."""
+        `"codes"` entry `database_codes` reads per head (by default a tuple with one code array
+        per head; progressive codes store one `[B, L]` array and each head is a prefix)."""
 
     @abc.abstractmethod
     def query_fn(self, model, images) -> dict[str, Any]:
@@ -141,7 +154,8 @@ class Method(abc.ABC):
     # --- code side ---------------------------------------------------------------------------
     def database_codes(self, database: Mapping[str, Any], head: int) -> np.ndarray:
         """One head's stored codes `[N, ...]` uint8 from `encode_fn`'s host outputs (PQ: codes
-        `[N, M]`; binary: 0/1 bits `[N, b]`)."""
+        `[N, M]`; binary: 0/1 bits `[N, b]`). Every reader of encoded codes (evaluator,
+        retriever) goes through this, so a method may store its codes in another layout."""
         return np.asarray(database["codes"][head], np.uint8)
 
     @abc.abstractmethod

@@ -154,3 +154,82 @@ def ortho_pq_head(feats: np.ndarray, assign: np.ndarray, codebooks: np.ndarray) 
         probs=probs,
         codes=hard_codes(x_sub, assign),
     )
+
+
+# --- DPQ-G progressive (residual) quantizer ---------------------------------------------------
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """`<a, b> / (max(|a|, 1e-12) max(|b|, 1e-12))`."""
+    na = max(math.sqrt(float(np.dot(a, a))), 1e-12)
+    nb = max(math.sqrt(float(np.dot(b, b))), 1e-12)
+    return float(np.dot(a, b)) / (na * nb)
+
+
+def progressive_scores(
+    residual: np.ndarray, codebook: np.ndarray, assign: str = "cosine", gamma: float = 1.0
+) -> np.ndarray:
+    """`[B, K]`: `gamma cos(r_b, c_k)` or `-gamma ||r_b - c_k||^2`."""
+    residual = np.asarray(residual, np.float64)
+    codebook = np.asarray(codebook, np.float64)
+    out = np.zeros((residual.shape[0], codebook.shape[0]))
+    for b in range(residual.shape[0]):
+        for k in range(codebook.shape[0]):
+            if assign == "cosine":
+                out[b, k] = gamma * _cosine(residual[b], codebook[k])
+            else:
+                diff = residual[b] - codebook[k]
+                out[b, k] = -gamma * float(np.dot(diff, diff))
+    return out
+
+
+def progressive_quantize(
+    x: np.ndarray, codebooks: np.ndarray, assign: str = "cosine", gamma: float = 1.0
+) -> dict:
+    """DPQ-G's levels one by one: r_1 = x; a_l = softmax(score(r_l, C_l)); soft_l = a_l C_l;
+    code_l = first argmax; hard_l = C_l[code_l]; r_{l+1} = r_l - hard_l.
+
+    Returns:
+      dict(soft [B, L, D] and hard [B, L, D] partial sums over the levels, codes [B, L] uint8,
+      probs [B, L, K], residuals [B, L, D] (the input of each level)).
+    """
+    x = np.asarray(x, np.float64)
+    codebooks = np.asarray(codebooks, np.float64)
+    batch, dim = x.shape
+    levels, size, _ = codebooks.shape
+    soft = np.zeros((batch, levels, dim))
+    hard = np.zeros((batch, levels, dim))
+    codes = np.zeros((batch, levels), np.uint8)
+    probs = np.zeros((batch, levels, size))
+    residuals = np.zeros((batch, levels, dim))
+    for b in range(batch):
+        residual = x[b].copy()
+        soft_sum = np.zeros(dim)
+        hard_sum = np.zeros(dim)
+        for level in range(levels):
+            residuals[b, level] = residual
+            scores = progressive_scores(residual[None], codebooks[level], assign, gamma)[0]
+            p = _softmax(scores)
+            best = 0
+            for k in range(size):
+                if scores[k] > scores[best]:
+                    best = k
+            soft_level = np.zeros(dim)
+            for k in range(size):
+                soft_level += p[k] * codebooks[level, k]
+            soft_sum = soft_sum + soft_level
+            hard_sum = hard_sum + codebooks[level, best]
+            soft[b, level], hard[b, level] = soft_sum, hard_sum
+            codes[b, level], probs[b, level] = best, p
+            residual = residual - codebooks[level, best]
+    return dict(soft=soft, hard=hard, codes=codes, probs=probs, residuals=residuals)
+
+
+def reconstruct_progressive(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """`[B, D]`: `sum_{i < l} codebooks[i, codes[b, i]]` with l = codes.shape[1]."""
+    batch, levels = codes.shape
+    out = np.zeros((batch, codebooks.shape[-1]))
+    for b in range(batch):
+        for i in range(levels):
+            out[b] += np.asarray(codebooks[i, int(codes[b, i])], np.float64)
+    return out

@@ -1,0 +1,441 @@
+"""DPQ-G: Deep Progressive Quantization (Gao et al., IJCAI 2019) as a `PQMethod`: one trained
+model, every code length.
+
+Model: backbone trunk `[B, F]` (AlexNet fc7 in the paper) -> embedding x = tanh(Dense(F -> D))
+(fc8, D = 300 as the word2vec label vectors), a classifier Dense(F -> C) on the trunk, L levels
+of full-dimension codebooks `[L, K, D]` (`quantizers.progressive`), and label embeddings v
+`[C, D]` for the adaptive margin (learnable by default; a file of vectors as an option).
+
+Loss (`losses.dvsq`; METHODS §2.2):
+
+    L = w_S L_S(x, v) + lambda L_C(logits) + tau (SoftDist + mu HardDist + nu JCL)(x_q)
+
+with lambda = 0.1, tau = 1, mu = 1, nu = 0.1. `loss.stop_grad_features=True` quantizes
+x_q = stop_gradient(x): the backbone and fc8 never see the quantization loss and the codebooks
+see only it, which is what the released code trains (METHODS §2.6, trap 1); `False` is the
+end-to-end model the paper describes.
+
+Codes: the database is encoded once, `[N, L]` uint8. The model reports one code length per
+prefix: head l (l = 1..L) is the first l columns, `l log2(K)` bits (K = 256, L = 4: 8/16/24/32
+bits), scored against the first l codebooks with the progressive lookup table
+(`search.luts.lut_progressive`): score = <q, sum_{i<=l} C_i[code_i]>, inner product with the raw
+query embedding (AQD, the reported search) or with the query's soft quantization at l levels.
+
+Optimizers: one optax chain from `config.optim` updates everything jointly (the default), or
+`config.optim = two_stage_optim(...)` gives the reference's recipe: the encoder on its own
+optimizer (SGD + momentum, exponential decay) from step 0 and the codebooks on Adam from
+`codebook_start_step` (the reference: half of the epochs). Each optimizer counts its own steps,
+so the codebook decay is not doubled (trap 2), and no epoch is skipped (trap 3). The reference
+then alternates one encoder and one codebook step per batch; here both update on the same batch
+in one step. Its gradient scaling of the new layers (x10 / x20 for fc8 and the classifier, for
+fine-tuning a pretrained AlexNet) is not reproduced. The two-stage recipe is built by
+`DPQ.make_optimizer`, so it takes effect where the trainer builds its optimizer through
+`Method.make_optimizer`.
+
+Config (`model` and `loss` groups):
+  model.backbone = dict(name="cnn_small", ...); model.features = F; model.embedding_dim = 300;
+  model.quantizer = dict(num_levels=4, codebook_size=256, assign="cosine", gamma=1.0,
+                         init_std=0.01);
+  model.label_embeddings = ""  (learned) or a path to a `.npy` / `.txt` file of `[C, D]` vectors;
+  model.dtype = "float32";
+  loss.semantic_weight = 1.0; loss.classification_weight = 0.1 (lambda);
+  loss.tau = 1.0; loss.mu = 1.0; loss.nu = 0.1; loss.stop_grad_features = True.
+
+References:
+  L. Gao, X. Zhu, J. Song, Z. Zhao, H. T. Shen, "Beyond Product Quantization: Deep Progressive
+  Quantization for Image Retrieval", IJCAI 2019, pp. 723-729 (arXiv 1906.06698); code
+  cfm-uestc/DPQ; METHODS.md §2.
+"""
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from dpq_jax.losses import dvsq
+from dpq_jax.methods import base
+from dpq_jax.quantizers import progressive
+from dpq_jax.search import luts as luts_lib
+from dpq_jax.typing import Array, Float
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_field = functools.partial(base.field, what="DPQ")
+TWO_STAGE = "dpq_two_stage"  # `config.optim.name` of the reference's two-optimizer recipe
+
+
+def bits_per_level(codebook_size: int) -> int:
+    """`ceil(log2 K)`, the bits one level's code takes (as `PQIndex.code_bits` counts them).
+
+    Example:
+      >>> bits_per_level(256), bits_per_level(16)
+      (8, 4)
+    """
+    if not 2 <= codebook_size <= 256:
+        raise ValueError(f"codebook_size K={codebook_size} must be in [2, 256] (uint8 codes).")
+    return (codebook_size - 1).bit_length()
+
+
+def load_label_embeddings(path: str, num_classes: int, dim: int) -> np.ndarray:
+    """`[C, D]` float32 label vectors from a `.npy` file (or whitespace-separated `.txt`, the
+    reference's `cifar_wordvec.txt` layout: one row per class).
+
+    Raises:
+      ValueError: a missing or unreadable file, or a shape other than `[num_classes, dim]`.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"model.label_embeddings: no file {path!r}; give a .npy (or .txt) of [C, D] vectors, "
+            "or '' to learn the class embeddings."
+        )
+    try:
+        vectors = np.loadtxt(path) if path.endswith(".txt") else np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model.label_embeddings: cannot read {path!r}: {e}") from e
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.shape != (num_classes, dim):
+        raise ValueError(
+            f"model.label_embeddings {path!r} holds shape {vectors.shape}; this model needs "
+            f"[C, D] = [{num_classes}, {dim}] (one vector per training class, D = "
+            "model.embedding_dim)."
+        )
+    if not np.all(np.isfinite(vectors)) or np.any(np.linalg.norm(vectors, axis=1) == 0):
+        raise ValueError(
+            f"model.label_embeddings {path!r} has non-finite or all-zero rows; every class "
+            "needs a nonzero vector (the margins are cosines)."
+        )
+    return vectors
+
+
+class LabelEmbeddings(nnx.Variable):
+    """Fixed label vectors read from a file (not an `nnx.Param`: no optimizer touches them)."""
+
+
+class DPQModel(nnx.Module):
+    """Backbone trunk, fc8 embedding (tanh), classifier, progressive quantizer, label vectors.
+
+    Attributes:
+      backbone: `images [B, H, W, C] -> [B, F]` float32.
+      embed: `nnx.Linear(F, D)`; x = tanh(embed(trunk)).
+      classifier: `nnx.Linear(F, C)` on the trunk.
+      quantizer: `ProgressiveQuantizer(D, num_levels=L, codebook_size=K)`.
+      label_embeddings: `[C, D]`, an `nnx.Param` (learned, N(0, 1) init) or `LabelEmbeddings`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        backbone: str,
+        backbone_kwargs: Mapping[str, Any],
+        features: int,
+        embedding_dim: int,
+        num_levels: int,
+        codebook_size: int,
+        assign: str = "cosine",
+        gamma: float = 1.0,
+        init_std: float = progressive.CODEBOOK_INIT_STD,
+        label_vectors: np.ndarray | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if num_classes < 1 or features < 1 or embedding_dim < 1:
+            raise ValueError(
+                f"num_classes ({num_classes}), model.features ({features}) and "
+                f"model.embedding_dim ({embedding_dim}) must be positive."
+            )
+        self.backbone = base.make_backbone(
+            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DPQ"
+        )
+        self.embed = nnx.Linear(features, embedding_dim, rngs=rngs)  # fc8
+        self.classifier = nnx.Linear(features, num_classes, rngs=rngs)
+        self.quantizer = progressive.ProgressiveQuantizer(
+            embedding_dim,
+            num_levels=num_levels,
+            codebook_size=codebook_size,
+            assign=assign,
+            gamma=gamma,
+            init_std=init_std,
+            rngs=rngs,
+        )
+        if label_vectors is None:
+            init = jax.nn.initializers.normal(1.0)
+            self.label_embeddings = nnx.Param(
+                init(rngs.params(), (num_classes, embedding_dim), jnp.float32)
+            )  # [C, D]
+        else:
+            self.label_embeddings = LabelEmbeddings(jnp.asarray(label_vectors, jnp.float32))
+
+    def embed_images(
+        self, images: Float[Array, "B H W C"]
+    ) -> tuple[Float[Array, "B F"], Float[Array, "B D"]]:
+        """`(trunk [B, F], x [B, D])`, float32; x = tanh(fc8(trunk)) in (-1, 1)."""
+        trunk = self.backbone(images).astype(jnp.float32)
+        return trunk, jnp.tanh(self.embed(trunk))
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference's two optimizers.
+# ----------------------------------------------------------------------------------------------
+def two_stage_optim(
+    encoder: ml_collections.ConfigDict,
+    codebook: ml_collections.ConfigDict,
+    *,
+    codebook_start_step: int,
+) -> ml_collections.ConfigDict:
+    """`config.optim` for the reference's recipe: `encoder` (a `config_lib.optimizer` block)
+    trains everything but the codebooks from step 0; `codebook` (another block) trains the
+    codebooks from `codebook_start_step` on, counting its own steps for its schedule."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = TWO_STAGE
+    cfg.encoder = encoder
+    cfg.codebook = codebook
+    cfg.codebook_start_step = int(codebook_start_step)
+    return cfg
+
+
+def _param_labels(params) -> Any:
+    """Labels the parameters: `codebook` for the quantizer's codebooks, `encoder` for the rest."""
+
+    def label(path, _):
+        return "codebook" if "'codebooks'" in jax.tree_util.keystr(path) else "encoder"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def two_stage_transform(optim_cfg, total_steps: int):
+    """`(tx, encoder schedule)` of a `two_stage_optim` config.
+
+    tx = `optax.multi_transform`: the encoder group runs `optim.make_optimizer(encoder)` every
+    step; the codebook group runs `optim.make_optimizer(codebook)` under
+    `optax.transforms.conditionally_mask`, so before `codebook_start_step` its updates are zero
+    and its state (moments, step count, schedule) does not move.
+
+    Raises:
+      ValueError: `codebook_start_step` outside `[0, total_steps)`.
+    """
+    from dpq_jax import optim
+
+    start = int(_field(optim_cfg, "codebook_start_step", what="optim"))
+    if not 0 <= start < total_steps:
+        raise ValueError(
+            f"optim.codebook_start_step={start} must lie in [0, total_steps={total_steps}) so "
+            "the codebooks train at all."
+        )
+    encoder_cfg = _field(optim_cfg, "encoder", what="optim")
+    encoder_tx, schedule = optim.make_optimizer(encoder_cfg, total_steps)
+    codebook_tx, _ = optim.make_optimizer(
+        _field(optim_cfg, "codebook", what="optim"), total_steps - start
+    )
+    gated = optax.transforms.conditionally_mask(codebook_tx, lambda step: step >= start)
+    tx = optax.multi_transform({"encoder": encoder_tx, "codebook": gated}, _param_labels)
+    return tx, schedule
+
+
+# ----------------------------------------------------------------------------------------------
+# The method.
+# ----------------------------------------------------------------------------------------------
+class DPQ(base.PQMethod):
+    """DPQ-G (see the module docstring). Query sides: `"raw"` (AQD: the raw embedding, the
+    reported search) and `"soft_quantized"` (the query's soft quantization at l levels)."""
+
+    name = "dpq"
+    query_sides = ("raw", "soft_quantized")
+
+    # --- sizes ----------------------------------------------------------------------------
+    def _levels_and_size(self, model_cfg) -> tuple[int, int]:
+        quantizer = _field(model_cfg, "quantizer")
+        levels = int(_field(quantizer, "num_levels"))
+        size = int(_field(quantizer, "codebook_size"))
+        if levels < 1:
+            raise ValueError(f"model.quantizer.num_levels must be >= 1, got {levels}.")
+        bits_per_level(size)
+        return levels, size
+
+    def code_lengths(self, model_cfg) -> tuple[int, ...]:
+        """`(b, 2b, ..., Lb)` with b = ceil(log2 K): one code length per prefix of the levels.
+
+        Example:
+          >>> cfg = dict(quantizer=dict(num_levels=4, codebook_size=256))
+          >>> METHOD.code_lengths(cfg)
+          (8, 16, 24, 32)
+        """
+        levels, size = self._levels_and_size(model_cfg)
+        return tuple(level * bits_per_level(size) for level in range(1, levels + 1))
+
+    # --- network --------------------------------------------------------------------------
+    def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> DPQModel:
+        """The `DPQModel` of the config's `model` group (train mode).
+
+        Raises:
+          ValueError: a missing field, bad sizes, an unknown dtype or assignment, or a label
+            vector file that does not hold `[num_classes, embedding_dim]` vectors.
+        """
+        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
+        if "name" not in backbone_cfg:
+            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'alexnet').")
+        dtype = _field(model_cfg, "dtype", "float32")
+        if dtype not in _DTYPES:
+            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        levels, size = self._levels_and_size(model_cfg)
+        quantizer = _field(model_cfg, "quantizer")
+        embedding_dim = int(_field(model_cfg, "embedding_dim"))
+        path = _field(model_cfg, "label_embeddings", "")
+        vectors = load_label_embeddings(path, num_classes, embedding_dim) if path else None
+        return DPQModel(
+            in_channels,
+            num_classes,
+            backbone=backbone_cfg.pop("name"),
+            backbone_kwargs=backbone_cfg,
+            features=int(_field(model_cfg, "features")),
+            embedding_dim=embedding_dim,
+            num_levels=levels,
+            codebook_size=size,
+            assign=_field(quantizer, "assign", "cosine"),
+            gamma=float(_field(quantizer, "gamma", 1.0)),
+            init_std=float(_field(quantizer, "init_std", progressive.CODEBOOK_INIT_STD)),
+            label_vectors=vectors,
+            dtype=_DTYPES[dtype],
+            rngs=rngs,
+        )
+
+    def make_optimizer(self, model, optim_cfg, total_steps: int):
+        """The joint optimizer of `config.optim`, or the reference's two optimizers when
+        `config.optim.name == "dpq_two_stage"` (`two_stage_optim`)."""
+        if _field(optim_cfg, "name", what="optim") != TWO_STAGE:
+            return super().make_optimizer(model, optim_cfg, total_steps)
+        tx, schedule = two_stage_transform(optim_cfg, total_steps)
+        return nnx.Optimizer(model, tx, wrt=nnx.Param), schedule
+
+    def loss_fn(self, model: DPQModel, batch: Mapping[str, Array], loss_cfg: Any):
+        """`w_S L_S + lambda L_C + tau (SoftDist + mu HardDist + nu JCL)` (module docstring).
+
+        Args:
+          model: a `DPQModel` (BatchNorm / Dropout follow its NNX mode).
+          batch: `image [B, H, W, C]` float32 and `label` `[B]` int32 or `[B, C]` multi-hot
+            (multi-hot labels use the sigmoid classification loss).
+          loss_cfg: `semantic_weight`, `classification_weight` (lambda), `tau`, `mu`, `nu`,
+            `stop_grad_features`.
+
+        Returns:
+          `(loss, aux)`: aux holds `loss_semantic`, `loss_classification`, `loss_soft_dist`,
+          `loss_hard_dist`, `loss_jcl`, `loss_quantization`, `hard_dist_<l>level` (mean squared
+          error of the l-level reconstruction, for each l) and `code_usage` (mean over levels of
+          the fraction of the K codewords the batch picks).
+
+        Raises:
+          ValueError: a missing loss field, or labels of the wrong shape / out of range.
+        """
+        weights = {
+            name: float(_field(loss_cfg, name, what="loss"))
+            for name in ("semantic_weight", "classification_weight", "tau", "mu", "nu")
+        }
+        stop = bool(_field(loss_cfg, "stop_grad_features", what="loss"))
+        labels = batch["label"]
+        num_classes = model.label_embeddings[...].shape[0]
+        dvsq.as_multi_hot(labels, num_classes)  # fail before the forward pass on bad labels
+        trunk, x = model.embed_images(batch["image"])
+        semantic = dvsq.adaptive_margin_loss(x, model.label_embeddings[...], labels)
+        classification = dvsq.classification_loss(model.classifier(trunk), labels)
+        x_q = jax.lax.stop_gradient(x) if stop else x
+        out = model.quantizer(x_q)
+        quant, parts = dvsq.quantization_loss(
+            x_q, out.soft, out.hard, tau=weights["tau"], mu=weights["mu"], nu=weights["nu"]
+        )
+        total = (
+            weights["semantic_weight"] * semantic
+            + weights["classification_weight"] * classification
+            + quant
+        )
+        used = jnp.max(jax.nn.one_hot(out.codes, model.quantizer.codebook_size), axis=0)  # [L, K]
+        per_level = jnp.mean(jnp.square(x_q[:, None, :] - out.hard), axis=(0, 2))  # [L]
+        aux = dict(
+            loss_semantic=semantic,
+            loss_classification=classification,
+            loss_soft_dist=parts["soft"],
+            loss_hard_dist=parts["hard"],
+            loss_jcl=parts["jcl"],
+            loss_quantization=quant,
+            code_usage=jnp.mean(used),
+            **{f"hard_dist_{i + 1}level": per_level[i] for i in range(per_level.shape[0])},
+        )
+        return total, aux
+
+    # --- encoding ---------------------------------------------------------------------------
+    def encode_fn(self, model: DPQModel, images) -> dict[str, Any]:
+        """Database side (call `model.eval()` first): dict(feats `[B, D]` float32, codes
+        `([B, L] uint8,)`): every level's code once; head l reads the first l columns."""
+        _, x = model.embed_images(images)
+        quantizer = model.quantizer
+        codes = progressive.progressive_codes(
+            x, quantizer.codebooks[...], assign=quantizer.assign, gamma=quantizer.gamma
+        )
+        return dict(feats=x, codes=(codes,))
+
+    def query_fn(self, model: DPQModel, images) -> dict[str, Any]:
+        """Query side (call `model.eval()` first): dict(feats `[B, D]` float32, soft `[B, L, D]`
+        the soft partial sums Q^soft_l)."""
+        _, x = model.embed_images(images)
+        return dict(feats=x, soft=model.quantizer(x).soft)
+
+    def database_codes(self, database, head: int) -> np.ndarray:
+        """Head l = `head + 1`: the first l columns of the stored `[N, L]` codes."""
+        return np.asarray(database["codes"][0], np.uint8)[:, : head + 1]
+
+    def codebooks_fn(self, model: DPQModel) -> tuple[Float[Array, "l K D"], ...]:
+        """The first l codebooks `[l, K, D]` for each head l = 1..L."""
+        books = model.quantizer.codebooks[...]
+        return tuple(books[:level] for level in range(1, books.shape[0] + 1))
+
+    # --- search -----------------------------------------------------------------------------
+    def _query_vectors(self, queries, levels: int, query_side: str):
+        if query_side == "raw":
+            return queries["feats"]
+        if query_side == "soft_quantized":
+            return queries["soft"][:, levels - 1]
+        raise ValueError(f"query_side must be one of {self.query_sides}, got {query_side!r}.")
+
+    def query_tables(self, queries, *, head, codebooks, query_side):
+        """`[Q, l, K]` progressive inner-product tables `<q, c_ik>` for i < l = head + 1
+        (`lut_progressive`), with q the raw embedding or its l-level soft quantization."""
+        levels = int(np.shape(codebooks)[0])
+        if levels != head + 1:
+            raise ValueError(f"Head {head} searches {head + 1} levels; got {levels} codebooks.")
+        vectors = self._query_vectors(queries, levels, query_side)
+        return luts_lib.lut_progressive(vectors, codebooks, levels)
+
+    def query_vectors(self, queries, *, head, codebooks, query_side):
+        """The `[Q, D]` query vectors of the tables (raw, or the l-level soft quantization)."""
+        levels = int(np.shape(codebooks)[0])
+        return np.asarray(self._query_vectors(queries, levels, query_side), np.float32)
+
+    def index(self, codes, *, params, ids=None, query_side):
+        from dpq_jax.search import index as index_lib
+
+        del query_side
+        return index_lib.PQIndex(
+            np.asarray(params, np.float32),
+            codes,
+            ids,
+            method=self.name,
+            metric="ip",
+            progressive=True,
+        )
+
+    def index_matches(self, index, *, params, code_length, query_side):
+        return bool(getattr(index, "progressive", False)) and super().index_matches(
+            index, params=params, code_length=code_length, query_side=query_side
+        )
+
+    def describe_search(self, query_side):
+        return f"progressive ADC (inner product, first l levels), query side {query_side!r}"
+
+
+METHOD = DPQ()
