@@ -25,7 +25,7 @@ Example:
   'CNNSmall'
   >>> registry.get("backbone", "resnet9000")  # doctest: +ELLIPSIS
   Traceback (most recent call last):
-  KeyError: "Unknown backbone 'resnet9000'; registered backbones: ['cnn_small', ...]..."
+  KeyError: "Unknown backbone 'resnet9000'; registered backbones: [...'cnn_small', ...]..."
 """
 
 import importlib
