@@ -124,13 +124,7 @@ def get_config(arg=None):
         ckpt_steps=eval_every,
         log_training_steps=100,
     )
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=eval_every, final=False, precision_ks=(5, 50)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(5, 50)
-    )
+    config.evals = config_lib.validation_and_test(eval_every, precision_ks=(5, 50))
 
     if arg.runlocal:
         config_lib.run_locally(config)

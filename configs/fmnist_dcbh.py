@@ -74,13 +74,7 @@ def get_config(arg=None):
 
     config.optim = config_lib.optimizer("adam", lr=1e-3, schedule="cosine", warmup_steps=200)
     config_lib.training(config, total_steps=arg.steps, ckpt_steps=arg.steps // 4)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=arg.steps // 4, final=False, precision_ks=(100,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(100,)
-    )
+    config.evals = config_lib.validation_and_test(arg.steps // 4, precision_ks=(100,))
     if arg.runlocal:
         config_lib.run_locally(config)
         config.model.backbone.width = 1 / 32  # 2/4/8/16 channels, 24 trunk features

@@ -81,13 +81,7 @@ def get_config(arg=None):
         "amsgrad", lr=0.005, weight_decay=1e-4, decoupled_weight_decay=False, schedule="cosine"
     )
     config_lib.training(config, total_steps=arg.steps, ckpt_steps=arg.steps // 4)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=arg.steps // 4, final=False, precision_ks=(100,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(100,)
-    )
+    config.evals = config_lib.validation_and_test(arg.steps // 4, precision_ks=(100,))
     if arg.runlocal:
         config_lib.run_locally(config)
         config.model.backbone.widths = (4, 4, 8, 8)

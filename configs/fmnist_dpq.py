@@ -35,7 +35,8 @@ Run (CPU; not timed yet: fmnist_opqn, same backbone and steps, takes 23 CPU-minu
 
 Arguments: `levels` (L, default 4), `codebook_size` (K, default 256), `assign` (cosine | l2),
 `gamma` (softmax sharpness, default 1), `stop_grad_features` (default true), `schedule`
-(joint | two_stage), `runlocal` (tiny).
+(joint | two_stage), `labels` (learned | orthogonal: fixed orthonormal class vectors, every
+DVSQ margin 1), `runlocal` (tiny).
 
 Expected: not yet measured. The goal (issue 11): every prefix at least the separately trained
 OPQN at the same length (0.8946 / 0.8982 / 0.9026 mAP@all at 16 / 24 / 32 bits) and >= 0.85
@@ -57,10 +58,13 @@ def get_config(arg=None):
         gamma=1.0,
         stop_grad_features=True,
         schedule="joint",
+        labels="learned",
         runlocal=False,
     )
     if arg.schedule not in ("joint", "two_stage"):
         raise ValueError(f"schedule must be 'joint' or 'two_stage', got {arg.schedule!r}.")
+    if arg.labels not in ("learned", "orthogonal"):
+        raise ValueError(f"labels must be 'learned' or 'orthogonal', got {arg.labels!r}.")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "fmnist"
@@ -79,7 +83,8 @@ def get_config(arg=None):
     config.model.quantizer.assign = arg.assign  # "cosine" (the code) or "l2" (the paper)
     config.model.quantizer.gamma = arg.gamma
     config.model.quantizer.init_std = 0.01
-    config.model.label_embeddings = ""  # "" = learned; or a .npy / .txt of [C, D] vectors
+    # "" = learned, "orthogonal" = fixed with every margin 1, or a .npy / .txt of [C, D] vectors
+    config.model.label_embeddings = "" if arg.labels == "learned" else arg.labels
     config.model.dtype = "float32"
 
     config.loss = ml_collections.ConfigDict()
@@ -93,14 +98,8 @@ def get_config(arg=None):
     config.optim = config_lib.optimizer(
         "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=100
     )
-    config_lib.training(config, total_steps=1800, ckpt_steps=600)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=600, final=False, precision_ks=(100,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(100,)
-    )
+    config_lib.training(config, total_steps=1800, ckpt_steps=300)
+    config.evals = config_lib.validation_and_test(300, precision_ks=(100,))
 
     if arg.runlocal:
         config_lib.run_locally(config)

@@ -65,13 +65,7 @@ def get_config(arg=None):
         "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=100
     )
     config_lib.training(config, total_steps=1800, ckpt_steps=600)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=600, final=False, precision_ks=(100,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(100,)
-    )
+    config.evals = config_lib.validation_and_test(600, precision_ks=(100,))
 
     if arg.runlocal:
         config_lib.run_locally(config)

@@ -54,11 +54,7 @@ def get_config(arg=None):
     config_lib.training(
         config, total_steps=arg.steps, ckpt_steps=arg.steps // 6, log_training_steps=10
     )
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=arg.steps // 6, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals = config_lib.validation_and_test(arg.steps // 6)
     if arg.runlocal:
         config_lib.run_locally(config)
         config.model.backbone.widths = (4, 4, 4, 4)

@@ -74,11 +74,7 @@ def get_config(arg=None):
         decay_rate=0.5,
     )
     config_lib.training(config, total_steps=300, ckpt_steps=50, log_training_steps=10)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=50, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals = config_lib.validation_and_test(50)
 
     if arg.runlocal:
         config_lib.run_locally(config)

@@ -123,6 +123,34 @@ def retrieval_eval(
     return cfg
 
 
+def validation_and_test(
+    log_steps: int, *, precision_ks: tuple[int, ...] = (5,), **kwargs
+) -> ml_collections.ConfigDict:
+    """`config.evals` of most experiments: `val` (validation splits every `log_steps`, the
+    selection metric) and `test` (the query split, scored once for the report).
+
+    `kwargs` go to both `retrieval_eval`s (e.g. `hamming_radius`).
+
+    Example:
+      >>> evals = validation_and_test(600, precision_ks=(100,))
+      >>> (evals.val.query, evals.val.final, evals.test.query, evals.test.log_steps)
+      ('val_query', False, 'query', 0)
+    """
+    evals = ml_collections.ConfigDict()
+    evals.val = retrieval_eval(
+        "val_query",
+        "val_database",
+        log_steps=log_steps,
+        final=False,
+        precision_ks=precision_ks,
+        **kwargs,
+    )
+    evals.test = retrieval_eval(
+        "query", "database", log_steps=0, final=True, precision_ks=precision_ks, **kwargs
+    )
+    return evals
+
+
 # ----------------------------------------------------------------------------------------------
 # Shared blocks: a method x protocol config holds little but its own fields.
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ Config (`model` and `loss` groups):
   model.backbone = dict(name="cnn_small", ...); model.features = F; model.embedding_dim = 300;
   model.quantizer = dict(num_levels=4, codebook_size=256, assign="cosine", gamma=1.0,
                          init_std=0.01);
-  model.label_embeddings = ""  (learned) or a path to a `.npy` / `.txt` file of `[C, D]` vectors;
+  model.label_embeddings = ""  (learned), "orthogonal" (fixed, every margin 1) or a path to a
+    `.npy` / `.txt` file of `[C, D]` vectors;
   model.dtype = "float32";
   loss.semantic_weight = 1.0; loss.classification_weight = 0.1 (lambda);
   loss.tau = 1.0; loss.mu = 1.0; loss.nu = 0.1; loss.stop_grad_features = True.
@@ -111,6 +112,29 @@ def load_label_embeddings(path: str, num_classes: int, dim: int) -> np.ndarray:
             "needs a nonzero vector (the margins are cosines)."
         )
     return vectors
+
+
+ORTHOGONAL = "orthogonal"
+
+
+def orthogonal_label_embeddings(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
+    """`[C, D]` fixed orthonormal label vectors: every margin δ_ij = 1 − cos(v_i, v_j) is 1.
+
+    The DVSQ loss without a semantic prior, for data sets with no word vectors (e.g.
+    Fashion-MNIST): no two classes are closer than any other, and, unlike learned vectors, the
+    margins cannot shrink during training. Rows of the Q factor of a seeded Gaussian matrix.
+
+    Raises:
+      ValueError: more classes than dimensions (C orthonormal vectors need D >= C).
+    """
+    if num_classes > dim:
+        raise ValueError(
+            f"model.label_embeddings='orthogonal' needs model.embedding_dim >= the number of "
+            f"classes; got {dim} < {num_classes}. Raise embedding_dim or learn the vectors ('')."
+        )
+    gaussian = np.random.default_rng(seed).standard_normal((dim, num_classes))
+    q, _ = np.linalg.qr(gaussian)  # [D, C], orthonormal columns
+    return np.ascontiguousarray(q.T, dtype=np.float32)
 
 
 class LabelEmbeddings(nnx.Variable):
@@ -288,7 +312,10 @@ class DPQ(base.PQMethod):
         quantizer = _field(model_cfg, "quantizer")
         embedding_dim = int(_field(model_cfg, "embedding_dim"))
         path = _field(model_cfg, "label_embeddings", "")
-        vectors = load_label_embeddings(path, num_classes, embedding_dim) if path else None
+        if path == ORTHOGONAL:
+            vectors = orthogonal_label_embeddings(num_classes, embedding_dim)
+        else:
+            vectors = load_label_embeddings(path, num_classes, embedding_dim) if path else None
         return DPQModel(
             in_channels,
             num_classes,

@@ -11,30 +11,19 @@ import jax
 import numpy as np
 import pytest
 
-from dpq_jax import config_lib, inference, train
-from dpq_jax.data import orl, pp, protocols
+from dpq_jax import inference
+from dpq_jax.data import pp, protocols
 from dpq_jax.metrics import reference as metrics_ref
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_dcdh.py")
 BITS = (12, 48)  # two heads: multi-head coverage at half the compile time of four
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, orl_runs):
     """(workdir, ORL source, TrainResult) of a 4-step DCDH run with four code lengths."""
-    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
-    try:
-        data_dir = str(tmp_path_factory.mktemp("tfds"))
-        source = orl.load_orl_faces(data_dir=data_dir)
-        config = config_lib.load_config(CONFIG, "runlocal,multihead")
-        with config.unlocked():
-            config.model.bits = BITS
-            config.input.data_dir = data_dir
-        workdir = str(tmp_path_factory.mktemp("workdir"))
-        result = train.train_and_evaluate(config, workdir)
-        yield workdir, source, result
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    yield from orl_runs.tiny_orl_run(
+        tmp_path_factory, "orl_dcdh.py", "runlocal,multihead", {"model.bits": BITS}
+    )
 
 
 def test_report_and_training_logs_per_code_length(run):

@@ -26,20 +26,9 @@ BITS = (4, 8, 12, 16)  # runlocal: K = 16 codewords (4 bits) per level, L = 4 le
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, orl_runs):
     """(workdir, ORL source, TrainResult) of a 4-step DPQ run."""
-    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
-    try:
-        data_dir = str(tmp_path_factory.mktemp("tfds"))
-        source = orl.load_orl_faces(data_dir=data_dir)
-        config = config_lib.load_config(CONFIG, "runlocal")
-        with config.unlocked():
-            config.input.data_dir = data_dir
-        workdir = str(tmp_path_factory.mktemp("workdir"))
-        result = train.train_and_evaluate(config, workdir)
-        yield workdir, source, result
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    yield from orl_runs.tiny_orl_run(tmp_path_factory, "orl_dpq.py", "runlocal")
 
 
 def test_report_has_one_row_per_prefix(run):

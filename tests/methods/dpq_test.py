@@ -105,6 +105,19 @@ def test_build_learned_or_file_label_embeddings(tmp_path):
         _build(label_embeddings=str(tmp_path / "missing.npy"))
     with pytest.raises(ValueError, match="assign must be one of"):
         _build(quantizer=dict(num_levels=2, codebook_size=4, assign="dot"))
+
+
+def test_orthogonal_label_embeddings_fix_every_margin_at_one():
+    model = _build(label_embeddings="orthogonal")
+    assert isinstance(model.label_embeddings, method.LabelEmbeddings)  # not trained
+    v = np.asarray(model.label_embeddings[...], np.float64)
+    norms = np.linalg.norm(v, axis=1)
+    cos = (v @ v.T) / np.outer(norms, norms)
+    margins = 1.0 - cos  # δ_ij of the DVSQ loss
+    np.testing.assert_allclose(margins, 1.0 - np.eye(NUM_CLASSES), atol=1e-6)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="embedding_dim >= the number of classes"):
+        _build(label_embeddings="orthogonal", embedding_dim=NUM_CLASSES - 1)
     with pytest.raises(ValueError, match="sets itself"):
         _build(backbone=dict(name="cnn_small", features=3))
 

@@ -8,35 +8,19 @@ and the NumPy mAP of `metrics/reference.py`.
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from dpq_jax import config_lib, inference, train
-from dpq_jax.data import orl, protocols
-from dpq_jax.metrics import reference as metrics_ref
 from dpq_jax.search import cli, index
 from dpq_jax.search.retriever import Retriever
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_dsh.py")
 BITS = (12, 24, 36, 48)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, orl_runs):
     """(workdir, ORL source, TrainResult) of a 4-step DSH run with two code lengths."""
-    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
-    try:
-        data_dir = str(tmp_path_factory.mktemp("tfds"))
-        source = orl.load_orl_faces(data_dir=data_dir)
-        config = config_lib.load_config(CONFIG, "runlocal,multihead")
-        with config.unlocked():
-            config.input.data_dir = data_dir
-        workdir = str(tmp_path_factory.mktemp("workdir"))
-        result = train.train_and_evaluate(config, workdir)
-        yield workdir, source, result
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    yield from orl_runs.tiny_orl_run(tmp_path_factory, "orl_dsh.py", "runlocal,multihead")
 
 
 def test_report_has_one_row_per_code_length(run):
@@ -59,26 +43,8 @@ def test_report_has_one_row_per_code_length(run):
         )
 
 
-def test_test_map_equals_the_numpy_oracle(run):
-    workdir, source, result = run
-    config, method, model, meta = inference.restore_model(workdir)
-    r = Retriever(config, method, model, meta, code_length=48)
-    sp = protocols.get_splits(
-        config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
-    )
-    db_bits = r.encode(source.images[sp.database])
-    q_bits = r.encode(source.images[sp.query])
-    dist = (q_bits[:, None, :] != db_bits[None, :, :]).sum(-1)
-    labels = np.asarray(source.labels)
-    want = metrics_ref.retrieval_metrics(
-        -dist.astype(np.float64),
-        labels[sp.query],
-        labels[sp.database],
-        map_ks=(-1,),
-        precision_ks=(5,),
-    )
-    row = [row for row in result.report["results"] if row["bits"] == 48][0]
-    np.testing.assert_allclose(row["metrics"]["map@all"], want["map@all"], rtol=1e-6)
+def test_test_map_equals_the_numpy_oracle(run, orl_runs):
+    orl_runs.check_hamming_row_against_numpy(*run, bits=48)
 
 
 def test_retriever_serves_each_code_length_and_reloads(run, tmp_path):

@@ -10,41 +10,34 @@ squared L2, and the NumPy mAP of `metrics/reference.py`.
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from dpq_jax import config_lib, inference, train
-from dpq_jax.data import orl, protocols
+from dpq_jax import inference
 from dpq_jax.data import pp as pp_lib
+from dpq_jax.data import protocols
 from dpq_jax.metrics import reference as metrics_ref
 from dpq_jax.quantizers import kw_reference as ref
 from dpq_jax.search import cli, index
 from dpq_jax.search.retriever import Retriever
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_kw.py")
 M, K, D = 2, 16, 32
 BITS = M * 4
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, orl_runs):
     """(workdir, ORL source, TrainResult) of a 4-step DPQ-KW run."""
-    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
-    try:
-        data_dir = str(tmp_path_factory.mktemp("tfds"))
-        source = orl.load_orl_faces(data_dir=data_dir)
-        config = config_lib.load_config(CONFIG, "runlocal")
-        with config.unlocked():
-            config.input.data_dir = data_dir
-            config.model.embedding_dim = D
-            config.model.head.num_codebooks = M
-            config.model.head.codebook_size = K
-        workdir = str(tmp_path_factory.mktemp("workdir"))
-        result = train.train_and_evaluate(config, workdir)
-        yield workdir, source, result
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    yield from orl_runs.tiny_orl_run(
+        tmp_path_factory,
+        "orl_kw.py",
+        "runlocal",
+        {
+            "model.embedding_dim": D,
+            "model.head.num_codebooks": M,
+            "model.head.codebook_size": K,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
