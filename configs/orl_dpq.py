@@ -15,14 +15,18 @@ embeddings are learned class vectors (identities have no word vectors); one Adam
 on Adam from half way, as the reference's two optimizers; it needs a trainer that builds the
 optimizer through `Method.make_optimizer`). `stop_grad_features=True` (default) is the released
 code, `false` the end-to-end model the paper describes. In `orl_unseen` the classifier and the
-label vectors cover the 30 training identities only.
+label vectors cover the 24 training identities only (6 others are held out for validation).
 
 Run (about 1–2 minutes on 2 CPU cores):
 
   dpq-train --config=configs/orl_dpq.py --workdir=workdirs/orl_dpq
   dpq-train --config=configs/orl_dpq.py:protocol=orl_unseen --workdir=workdirs/orl_dpq_unseen
+  dpq-train --config=configs/orl_dpq.py:protocol=orl_unseen,split_seed=1 \
+    --workdir=workdirs/orl_dpq_unseen_s1
 
-Arguments: `protocol` (orl_seen | orl_unseen), `levels` (L, 4), `codebook_size` (K, 256),
+Arguments: `protocol` (orl_seen | orl_unseen), `split_seed` (0; sets `config.seed`, which draws
+the split and also seeds the initialisation and the data order, as `--config.seed` does),
+`levels` (L, 4), `codebook_size` (K, 256),
 `assign` (cosine | l2), `gamma` (1), `stop_grad_features` (true), `schedule` (joint |
 two_stage), `runlocal` (tiny).
 
@@ -41,6 +45,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(
         arg,
         protocol="orl_seen",
+        split_seed=0,
         levels=4,
         codebook_size=256,
         assign="cosine",
@@ -52,7 +57,7 @@ def get_config(arg=None):
     if arg.schedule not in ("joint", "two_stage"):
         raise ValueError(f"schedule must be 'joint' or 'two_stage', got {arg.schedule!r}.")
     config = ml_collections.ConfigDict()
-    config.seed = 0
+    config.seed = arg.split_seed  # draws the split, the initialisation and the data order
     config.protocol = arg.protocol
     config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
 

@@ -9,12 +9,21 @@ Run (about 1–2 minutes on 2 CPU cores):
 
   dpq-train --config=configs/orl_opqn.py --workdir=workdirs/orl_seen
   dpq-train --config=configs/orl_opqn.py:protocol=orl_unseen --workdir=workdirs/orl_unseen
+  dpq-train --config=configs/orl_opqn.py:protocol=orl_unseen,split_seed=1 \
+    --workdir=workdirs/orl_unseen_s1
 
-Arguments: `protocol` (orl_seen | orl_unseen), `bits` (16, 24, 32, 48, 64), `runlocal` (tiny).
+Arguments: `protocol` (orl_seen | orl_unseen), `bits` (16, 24, 32, 48, 64), `split_seed`
+(0; sets `config.seed`, which draws the split and also seeds the initialisation and the data
+order, as `--config.seed` does), `runlocal` (tiny).
 
 Expected (32-bit ADC codes, soft-quantized query LUT, mAP@all, stable ties, AP 0 for zero-hit
-queries): orl_seen ≈ 0.97 (raw pixels 0.73 on the same split); orl_unseen above its raw-pixel
-baseline (≈ 0.87). The model is selected on the validation split, never on the query set.
+queries): orl_seen ≈ 0.97 (raw pixels 0.73 on the same split). orl_unseen validates on 6
+held-out identities (never trained on) and trains on the other 24; not yet measured with it
+(with validation on images of the training identities it was 0.887 / 0.838 / 0.782 / 0.762
+on split seeds 0-3, raw pixels 0.839 / 0.852 / 0.869 / 0.916 on the same test splits, which
+are unchanged). The model is selected on the validation split, never on the query set;
+`--config.select_on=train/loss` selects on the training loss as the reference code does (not
+recommended: it never looks at held-out data).
 """
 
 import ml_collections
@@ -24,10 +33,10 @@ from dpq_jax.methods import opqn
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, protocol="orl_seen", bits=32, runlocal=False)
+    arg = config_lib.parse_arg(arg, protocol="orl_seen", bits=32, split_seed=0, runlocal=False)
     num_codebooks, codebook_size = opqn.pq_shape(arg.bits)
     config = ml_collections.ConfigDict()
-    config.seed = 0
+    config.seed = arg.split_seed  # draws the split, the initialisation and the data order
     config.protocol = arg.protocol
     config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
 

@@ -271,33 +271,50 @@ def orl_unseen(
     seed: int,
     num_unseen: int = 10,
     num_query: int = 3,
-    num_val_query: int = 1,
+    num_val_identities: int = 6,
+    num_val_query: int = 3,
 ) -> dict[str, np.ndarray]:
-    """Unseen-identity protocol: query and database identities never appear in training.
+    """Unseen-identity protocol: query, database and validation identities never appear in
+    training, so model selection measures generalisation to new faces, as the test does.
 
     `num_unseen` identities are held out (seeded); per held-out identity `num_query` images
-    are queries and the rest the database. Per remaining identity, `num_val_query` images are
-    validation queries and the rest are the training set (= validation database).
-    ORL (40 x 10): train 270, val_query 30, query 30, database 70.
+    are queries and the rest the database. Of the other identities, `num_val_identities`
+    (seeded) are held out for validation: per validation identity `num_val_query` images are
+    validation queries and the rest the validation database. Every image of the remaining
+    identities is the training set. ORL (40 x 10): train 240 (24 ids), val_query 18,
+    val_database 42 (6 ids), query 30, database 70 (10 ids).
+
+    The query and database of a seed are those of the earlier version of this protocol (drawn
+    first, from the same stream), so test numbers of one seed share their test set. The
+    training set differs (it was 9 images of each of the 30 other identities, validated on
+    their 10th), so numbers of models trained before are not directly comparable.
 
     Args:
       labels: int `[N]` identity ids.
       seed: NumPy seed.
       num_unseen: identities held out for the query/database evaluation.
-      num_query, num_val_query: per-identity counts.
+      num_query: queries per held-out identity.
+      num_val_identities: identities held out for validation (>= 1).
+      num_val_query: validation queries per validation identity.
 
     Returns:
       dict of the five sorted int64 index arrays.
 
     Raises:
-      ValueError: labels not `[N]` integers, not more identities than `num_unseen`, or an
-        identity with too few images.
+      ValueError: labels not `[N]` integers, `num_val_identities` < 1, no identity left to
+        train on, or an identity with too few images.
     """
     classes, groups = _identity_groups(labels)
-    if classes.size <= num_unseen:
+    if num_val_identities < 1:
         raise ValueError(
-            f"orl_unseen holds out {num_unseen} identities and needs more than that; the "
-            f"labels have {classes.size}."
+            "orl_unseen validates on held-out identities and needs num_val_identities >= 1; "
+            f"got {num_val_identities}."
+        )
+    if classes.size <= num_unseen + num_val_identities:
+        raise ValueError(
+            f"orl_unseen holds out {num_unseen} test and {num_val_identities} validation "
+            f"identities and needs more than {num_unseen + num_val_identities}; the labels "
+            f"have {classes.size}."
         )
     rng = np.random.default_rng(seed)
     unseen = np.zeros(classes.size, bool)
@@ -305,14 +322,16 @@ def orl_unseen(
     held = _take_per_identity(
         [g for g, u in zip(groups, unseen) if u], rng, (num_query,), "orl_unseen"
     )
-    seen = _take_per_identity(
-        [g for g, u in zip(groups, unseen) if not u], rng, (num_val_query,), "orl_unseen"
+    # Drawn after the test split, so a seed's test split does not depend on validation.
+    is_val = np.zeros(classes.size, bool)
+    is_val[rng.choice(np.flatnonzero(~unseen), size=num_val_identities, replace=False)] = True
+    val = _take_per_identity(
+        [g for g, v in zip(groups, is_val) if v], rng, (num_val_query,), "orl_unseen"
     )
-    train = _sorted_union(p[1] for p in seen)
     return {
-        "train": train,
-        "val_query": _sorted_union(p[0] for p in seen),
-        "val_database": train,
+        "train": _sorted_union(g for g, u, v in zip(groups, unseen, is_val) if not (u or v)),
+        "val_query": _sorted_union(p[0] for p in val),
+        "val_database": _sorted_union(p[1] for p in val),
         "query": _sorted_union(p[0] for p in held),
         "database": _sorted_union(p[1] for p in held),
     }
