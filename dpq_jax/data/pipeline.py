@@ -18,6 +18,16 @@ NumPy version below is short, has independent `(seed, epoch)` streams, and costs
 
 Evaluation (`eval_batches`) visits each index exactly once, in order, padded to a multiple
 of the global batch with `mask=False` rows (big_vision's pad-and-mask convention).
+
+Class-balanced batches (`sampler="class_balanced"`, for triplet losses on data with many
+classes and few images each, e.g. In-shop): step `s` draws P = `classes_per_batch` distinct
+classes and K = B / P images of each ("PK" batches; Hermans, Beyer & Leibe 2017, Sec. 3.1), all
+from a generator seeded by `(seed, s)`, so a batch is again a pure function of `(seed, step)`
+and resuming needs only the step. Rows are class-major: rows `[i*K, (i+1)*K)` hold the i-th
+drawn class. A class is drawn without replacement of its images when it has >= K, otherwise
+all its images and then repeats drawn at random (each row still gets its own augmentation).
+Only classes with >= 2 training images take part (an anchor needs a positive); there are no
+epochs.
 """
 
 import concurrent.futures
@@ -34,6 +44,8 @@ from dpq_jax.data.sources import ArraySource
 
 # Domain tags keep the permutation, augmentation and evaluation streams apart.
 _PERM_STREAM, _AUG_STREAM, _EVAL_STREAM = 0, 1, 2
+_BALANCED_STREAM = 3
+SAMPLERS = ("uniform", "class_balanced")
 
 
 def _check_indices(source: ArraySource, indices: Sequence[int]) -> np.ndarray:
@@ -121,10 +133,15 @@ class TrainPipeline:
       prefetch: batches prepared ahead by the background thread of `iterate` (0: none).
       num_threads: threads sharing the examples of one batch (1: none); the batches do not
         depend on it.
+      sampler: `"uniform"` (epochs of seeded permutations, the default) or
+        `"class_balanced"` (P classes x K images per batch; module docstring).
+      classes_per_batch: P of the class-balanced sampler; must divide `global_batch_size`
+        with K = B / P >= 2.
 
     Raises:
       ValueError: empty or out-of-range indices, a negative seed, a batch size that does not
-        split over the processes, or a bad `pp_spec`.
+        split over the processes, or a bad `pp_spec`; for `"class_balanced"`: multi-hot labels,
+        a P that does not divide B into K >= 2, or fewer than P classes with >= 2 images.
 
     Example:
       >>> from dpq_jax.data.sources import SyntheticSource
@@ -146,6 +163,8 @@ class TrainPipeline:
         prefetch: int = 2,
         *,
         num_threads: int = 1,
+        sampler: str = "uniform",
+        classes_per_batch: int = 0,
     ):
         self.source = source
         self.indices = _check_indices(source, indices)
@@ -164,6 +183,55 @@ class TrainPipeline:
         )
         # Two entries suffice: a batch spans at most the epochs e and e + 1 unless B > N.
         self._epoch_order = functools.lru_cache(maxsize=4)(self._compute_epoch_order)
+        if sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler must be one of {SAMPLERS}, got {sampler!r}; set --config.input.sampler."
+            )
+        self.sampler = sampler
+        if sampler == "class_balanced":
+            self._init_class_balanced(int(classes_per_batch))
+
+    def _init_class_balanced(self, classes_per_batch: int) -> None:
+        """The classes (with >= 2 images) and their members, for `_class_balanced_indices`."""
+        labels = np.asarray(self.source.labels)[self.indices]
+        if labels.ndim != 1:
+            raise ValueError(
+                "The class-balanced sampler needs one class id per image, not multi-hot labels; "
+                "use --config.input.sampler=uniform."
+            )
+        batch = self.global_batch_size
+        if classes_per_batch < 1 or batch % classes_per_batch or batch // classes_per_batch < 2:
+            raise ValueError(
+                f"classes_per_batch={classes_per_batch} must divide the batch of {batch} into "
+                "K >= 2 images per class; set --config.input.classes_per_batch to such a P."
+            )
+        order = np.argsort(labels, kind="stable")
+        classes, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+        self._class_members = [
+            self.indices[order[a : a + n]] for a, n in zip(starts, counts, strict=True) if n >= 2
+        ]
+        if len(self._class_members) < classes_per_batch:
+            raise ValueError(
+                f"The class-balanced sampler draws {classes_per_batch} classes per batch, but only "
+                f"{len(self._class_members)} of the {classes.size} training classes have >= 2 "
+                "images; lower --config.input.classes_per_batch."
+            )
+        self.classes_per_batch = classes_per_batch
+
+    def _class_balanced_indices(self, step: int) -> np.ndarray:
+        """int64 `[B]`: P classes drawn without replacement, K images of each, class-major."""
+        rng = np.random.default_rng([_BALANCED_STREAM, self.seed, step])
+        per_class = self.global_batch_size // self.classes_per_batch
+        drawn = rng.choice(len(self._class_members), self.classes_per_batch, replace=False)
+        rows = []
+        for c in drawn:
+            members = self._class_members[c]
+            if members.size >= per_class:
+                rows.append(rng.choice(members, per_class, replace=False))
+            else:  # every image once, then random repeats
+                extra = rng.choice(members, per_class - members.size, replace=True)
+                rows.append(np.concatenate([rng.permutation(members), extra]))
+        return np.concatenate(rows).astype(np.int64)
 
     @property
     def local_batch_size(self) -> int:
@@ -189,6 +257,8 @@ class TrainPipeline:
         """int64 `[B]`: the source indices of the whole global batch of `step`."""
         if int(step) < 0:
             raise ValueError(f"step must be >= 0, got {step}.")
+        if self.sampler == "class_balanced":
+            return self._class_balanced_indices(int(step))
         n = self.indices.size
         positions = int(step) * self.global_batch_size + np.arange(self.global_batch_size)
         epochs, within = np.divmod(positions, n)

@@ -136,6 +136,14 @@ class Method(abc.ABC):
         del model
         return None
 
+    def real_descriptors(self, outputs: Mapping[str, Any], head: int) -> np.ndarray | None:
+        """One head's real-valued descriptors `[N, d]` from `encode_fn` / `query_fn` host
+        outputs, or None (the default: the method has none). An evaluator with
+        `real_valued = True` ranks them by Euclidean distance as the reference the codes are
+        compared with (`real_map@all`, ...)."""
+        del outputs, head
+        return None
+
     # --- query sides ------------------------------------------------------------------------
     @property
     def default_query_side(self) -> str:
@@ -297,6 +305,11 @@ class HashingMethod(Method):
 
     def query_fn(self, model, images):
         return self.encode_fn(model, images)  # symmetric: queries are coded like the database
+
+    def real_descriptors(self, outputs, head):
+        """The relaxed codes (`encode_fn`'s `"relaxed"`), the values the bits are signs of."""
+        relaxed = outputs.get("relaxed")
+        return None if relaxed is None else np.asarray(relaxed[head], np.float32)
 
     def index(self, codes, *, params, ids=None, query_side):
         from dpq_jax.search import index as index_lib

@@ -181,5 +181,99 @@ class EvalBatchesTest(parameterized.TestCase):
         self.assertEqual(list(pipeline.eval_batches(_source(), [], "", 8)), [])
 
 
+def _uneven_source():
+    """Classes 0..6 with 1, 2, 3, 4, 6, 8, 9 images (class-major); class 0 cannot be drawn."""
+    counts = (1, 2, 3, 4, 6, 8, 9)
+    labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
+    images = np.random.default_rng(0).integers(0, 256, (labels.size, 4, 4, 1), dtype=np.uint8)
+    return ArraySource(images=images, labels=labels, num_classes=len(counts)), counts
+
+
+class ClassBalancedSamplerTest(parameterized.TestCase):
+    def _pipe(self, src, idx, batch=16, p=4, seed=3, **kw):
+        return pipeline.TrainPipeline(
+            src, idx, "", batch, seed=seed, sampler="class_balanced", classes_per_batch=p, **kw
+        )
+
+    @parameterized.parameters((16, 4), (12, 6), (24, 6), (8, 2))
+    def test_every_batch_has_p_classes_of_k_images(self, batch, p):
+        src, counts = _uneven_source()
+        idx = np.arange(len(src))
+        pipe = self._pipe(src, idx, batch, p)
+        k = batch // p
+        for step in range(12):
+            chosen = pipe.global_indices(step)
+            labels = src.labels[chosen].reshape(p, k)  # class-major blocks
+            np.testing.assert_array_equal(labels, labels[:, :1].repeat(k, 1))
+            self.assertLen(set(labels[:, 0]), p)  # P distinct classes
+            self.assertNotIn(0, labels[:, 0])  # a single-image class is never drawn
+            for block, c in zip(chosen.reshape(p, k), labels[:, 0], strict=True):
+                # Distinct images while the class has K; otherwise every image of it.
+                if counts[c] >= k:
+                    self.assertLen(set(block), k)
+                else:
+                    self.assertEqual(set(block), set(np.flatnonzero(src.labels == c)))
+            batch_data = pipe.batch(step)
+            np.testing.assert_array_equal(batch_data["index"], chosen)
+            np.testing.assert_array_equal(batch_data["label"], src.labels[chosen])
+
+    def test_indices_select_the_training_subset(self):
+        src, _ = _uneven_source()
+        idx = np.flatnonzero(src.labels >= 3)  # classes 3..6 only
+        pipe = self._pipe(src, idx, 8, 2)
+        drawn = np.concatenate([pipe.global_indices(s) for s in range(20)])
+        self.assertTrue(set(drawn) <= set(idx))
+        self.assertEqual(set(src.labels[drawn]), {3, 4, 5, 6})  # every class turns up
+
+    def test_batches_are_pure_in_seed_and_step_and_resume_from_state(self):
+        src, _ = _uneven_source()
+        idx = np.arange(len(src))
+        a, b = self._pipe(src, idx, prefetch=0), self._pipe(src, idx, prefetch=2)
+        for step in (5, 0, 5, 2):  # any access order
+            np.testing.assert_array_equal(a.global_indices(step), b.global_indices(step))
+        self.assertFalse(
+            all(
+                np.array_equal(a.global_indices(s), self._pipe(src, idx, seed=4).global_indices(s))
+                for s in range(3)
+            )
+        )
+        self.assertFalse(np.array_equal(a.global_indices(0), a.global_indices(1)))
+        straight = list(itertools.islice(a.iterate(0), 6))
+        resumed = list(itertools.islice(b.from_state(a.state(3)), 3))
+        for want, got in zip(straight[3:], resumed, strict=True):
+            for key in ("image", "label", "index"):
+                np.testing.assert_array_equal(got[key], want[key])
+
+    def test_process_slices_concatenate_to_global_batch(self):
+        src, _ = _uneven_source()
+        idx = np.arange(len(src))
+        whole = self._pipe(src, idx, 16, 4)
+        for step in (0, 7):
+            parts = [
+                self._pipe(src, idx, 16, 4, process_index=q, process_count=4).batch(step)
+                for q in range(4)
+            ]
+            for key in ("image", "label", "index"):
+                np.testing.assert_array_equal(
+                    np.concatenate([part[key] for part in parts]), whole.batch(step)[key]
+                )
+
+    def test_bad_settings_are_refused(self):
+        src, _ = _uneven_source()
+        idx = np.arange(len(src))
+        with self.assertRaisesRegex(ValueError, "sampler must be one of"):
+            pipeline.TrainPipeline(src, idx, "", 8, seed=0, sampler="balanced")
+        for p in (0, 3, 8):  # does not divide 8; K = 1
+            with self.assertRaisesRegex(ValueError, "classes_per_batch"):
+                self._pipe(src, idx, 8, p)
+        with self.assertRaisesRegex(ValueError, "only 6 of the 7 training classes"):
+            self._pipe(src, idx, 14, 7)
+        multi = ArraySource(
+            images=src.images, labels=np.eye(7, dtype=np.int32)[src.labels], num_classes=7
+        )
+        with self.assertRaisesRegex(ValueError, "multi-hot"):
+            self._pipe(multi, idx, 8, 2)
+
+
 if __name__ == "__main__":
     absltest.main()
