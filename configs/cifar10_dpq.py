@@ -9,19 +9,28 @@ P@100, stable ties, AP 0 for zero-hit queries; ADC with the raw query embedding 
 must be on disk (`cifar-10-batches-py`; `--config.input.source_dir=...` on first use).
 
 The paper's recipe (Gao et al., IJCAI 2019; METHODS §2 and the reference code cfm-uestc/DPQ):
-- AlexNet to fc7 (4096, ReLU, dropout 0.5), fc8 = Dense(4096→300) + tanh, a classifier
-  Dense(4096→10) on fc7; images resized to 256×256, random 227 crop and flip.
+- AlexNet to fc7 (4096, ReLU, dropout 0.5) from Caffe's ImageNet weights (the CaffeNet layout
+  of DeepHash's `reference_pretrain.npy`: each of the first two LRNs after its pool), fc8 =
+  Dense(4096→300) + tanh, a classifier Dense(4096→10) on fc7; images resized to 256×256,
+  random 227 crop and flip, BGR minus the ImageNet mean (no /255).
 - L = 4 levels of K = 256 codewords in D = 300 (cosine-softmax, γ = 1), hard residual.
 - L_S: DVSQ adaptive margin against the word2vec vectors of the class names, δ_ij = 1 −
   cos(v_i, v_j); L_C: 0.1 × softmax CE; codebooks: SoftDist + HardDist + 0.1 × JCL.
 - Encoder: SGD momentum 0.9, lr 1e-3 ×0.9 every 10,000 steps; codebooks: Adam 1e-4 ×0.9
   every 10,000 steps from half of the 64 epochs; batch 256.
 
+Pretrained weights (docs/pretrained.md): `pretrained=DIR` fine-tunes weights converted once by
+`dpq-convert`; `alexnet` picks the layout they come in: `caffenet` (default, the reference's
+`reference_pretrain.npy`, `dpq-convert --arch=caffenet`), `caffe` (`bvlc_alexnet.npy`,
+`--arch=alexnet_caffe`) or `torchvision` (torchvision's `alexnet` .pth, `--arch=alexnet`). With
+weights, inputs are preprocessed as those weights expect: Caffe's 0..255 minus the ImageNet
+mean (the converter turns conv1 from BGR to RGB), torchvision's [0, 1] with the ImageNet mean
+and std.
+
 Where ours differs:
-- AlexNet starts from fresh weights (dpq_jax has no pretrained AlexNet yet); the reference
-  fine-tunes Caffe's ImageNet weights and scales the gradients of fc8 and the classifier ×10
-  (weights) / ×20 (biases), which is not reproduced. Inputs are scaled to [0, 1] and normalised
-  per channel (CIFAR-10 mean and std) instead of the BGR mean subtraction.
+- Without `pretrained`, AlexNet starts from fresh weights and the inputs are scaled to [0, 1]
+  and normalised per channel (CIFAR-10 mean and std). The reference's gradient scaling of fc8
+  and the classifier ×10 (weights) / ×20 (biases) is not reproduced.
 - Label embeddings: learned class vectors by default; `wordvec=PATH` reads a `.txt` / `.npy` of
   [10, 300] vectors (the reference's `cifar_wordvec.txt`) in class-id order.
 - Training runs on the 4,500 non-validation images: 64 epochs = 1,125 steps of 256; the
@@ -36,12 +45,15 @@ Where ours differs:
 
 Run (GPU; the AlexNet at 227×227 is too slow for CPU training):
 
-  dpq-train --config=configs/cifar10_dpq.py --workdir=workdirs/cifar10_dpq \
-      --config.input.source_dir=/data/cifar-10-batches-py
+  dpq-convert --arch=caffenet --input=reference_pretrain.npy --output=weights/caffenet
+  dpq-train --config=configs/cifar10_dpq.py:pretrained=weights/caffenet \
+      --workdir=workdirs/cifar10_dpq --config.input.source_dir=/data/cifar-10-batches-py
 
 Arguments: `levels` (4), `codebook_size` (256), `assign` (cosine | l2), `gamma` (1),
 `stop_grad_features` (true), `schedule` (two_stage | joint), `wordvec` (path, "" = learned),
-`runlocal` (tiny).
+`pretrained` (a dpq-convert folder, "" = fresh weights), `alexnet` (caffenet | caffe |
+torchvision), `runlocal` (tiny: 67×67 inputs and AlexNet width 1/32, so only weights converted
+from a net of that size load).
 
 Expected: not yet measured. The paper reports DPQ's CIFAR-10 mAP with a pretrained AlexNet
 (its Table 1); from scratch, expect well below it.
@@ -51,6 +63,7 @@ import ml_collections
 
 from dpq_jax import config_lib
 from dpq_jax.methods import dpq
+from dpq_jax.models import pretrained as pretrained_lib
 
 _CIFAR_NORM = "value_range(0,1)|normalize((0.491,0.482,0.447),(0.247,0.243,0.262))"
 EPOCHS = 64
@@ -68,10 +81,19 @@ def get_config(arg=None):
         stop_grad_features=True,
         schedule="two_stage",
         wordvec="",
+        pretrained="",
+        alexnet="caffenet",
         runlocal=False,
     )
     if arg.schedule not in ("joint", "two_stage"):
         raise ValueError(f"schedule must be 'joint' or 'two_stage', got {arg.schedule!r}.")
+    variants = ("caffenet", "caffe", "torchvision")
+    if arg.alexnet not in variants:
+        raise ValueError(f"alexnet must be one of {variants}, got {arg.alexnet!r}.")
+    norm = _CIFAR_NORM  # fresh weights
+    if arg.pretrained:  # the preprocessing the ImageNet weights were trained with
+        torchvision = arg.alexnet == "torchvision"
+        norm = pretrained_lib.PP_TORCHVISION if torchvision else pretrained_lib.PP_CAFFE_RGB
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "cifar10_dpq"
@@ -81,14 +103,21 @@ def get_config(arg=None):
     config.input.source_dir = ""  # the cifar-10-batches-py folder; "" = the manual dir
     config.input.batch_size = BATCH
     config.input.eval_batch_size = BATCH
-    config.input.pp_train = f"resize(256,256)|random_crop(227,227)|flip_lr|{_CIFAR_NORM}"
-    config.input.pp_eval = f"resize(256,256)|center_crop(227,227)|{_CIFAR_NORM}"
+    config.input.pp_train = f"resize(256,256)|random_crop(227,227)|flip_lr|{norm}"
+    config.input.pp_eval = f"resize(256,256)|center_crop(227,227)|{norm}"
     config.input.prefetch = 2
 
     config.method = "dpq"
     config.model = ml_collections.ConfigDict()
     config.model.backbone = ml_collections.ConfigDict(
-        {"name": "alexnet", "input_hw": (227, 227), "width": 1.0, "dropout": 0.5}
+        {
+            "name": "alexnet",
+            "variant": arg.alexnet,
+            "input_hw": (227, 227),
+            "width": 1.0,
+            "dropout": 0.5,
+            "pretrained": arg.pretrained,
+        }
     )
     config.model.features = 4096  # fc7
     config.model.embedding_dim = 300  # fc8, the word2vec width
@@ -129,8 +158,8 @@ def get_config(arg=None):
     )
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.input.pp_train = f"resize(70,70)|random_crop(67,67)|flip_lr|{_CIFAR_NORM}"
-        config.input.pp_eval = f"resize(70,70)|center_crop(67,67)|{_CIFAR_NORM}"
+        config.input.pp_train = f"resize(70,70)|random_crop(67,67)|flip_lr|{norm}"
+        config.input.pp_eval = f"resize(70,70)|center_crop(67,67)|{norm}"
         config.model.backbone.input_hw = (67, 67)
         config.model.backbone.width = 1 / 32
         config.model.features = 16
