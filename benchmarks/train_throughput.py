@@ -46,7 +46,8 @@ DEFAULT_CONFIGS = (
 )
 
 
-def bench(spec: str, args, mesh) -> None:
+def bench(spec: str, args, mesh) -> dict:
+    """Times one config's train step and input pipeline, prints a line, returns the figures."""
     path, _, arg = spec.partition(":")
     config = config_lib.load_config(path, arg or None)
     with config.unlocked():
@@ -103,6 +104,15 @@ def bench(spec: str, args, mesh) -> None:
         f"pipeline/train {pipe_rate / train_rate:6.1f}x",
         flush=True,
     )
+    return {
+        "spec": spec,
+        "method": config.method,
+        "backbone": label,
+        "batch_size": batch_size,
+        "compile_s": compile_s,
+        "train_img_per_s": train_rate,
+        "pipeline_img_per_s": pipe_rate,
+    }
 
 
 def main():

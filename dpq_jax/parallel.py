@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -97,3 +98,20 @@ def gather_batch(x: jax.Array) -> jax.Array:
     if not mesh_is_set():
         return x
     return jax.sharding.reshard(x, P())
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of the arrays in `tree`, gathered from every process where needed.
+
+    An array sharded over devices of other processes (a multi-host `P("data")` result) cannot
+    be read by `jax.device_get`; it is all-gathered first, so every process gets the whole
+    value. On one process this is `jax.device_get`. With several processes, all of them must
+    call it together, in the same order (it is a collective).
+    """
+
+    def get(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(get, tree)

@@ -61,7 +61,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dpq_jax.metrics import finish, rank_stats, sources
-from dpq_jax.parallel import DATA_AXIS
+from dpq_jax.parallel import DATA_AXIS, to_host
 from dpq_jax.search import kernels
 from dpq_jax.search.topk import tie_permutation
 from dpq_jax.typing import Array, Int, Shaped
@@ -459,7 +459,7 @@ def run(source, ql, dl, multi, *, path, expected, cuts, ties, seed, query_chunk,
     if mesh is not None:
         qs, rs = NamedSharding(mesh, P(DATA_AXIS)), NamedSharding(mesh, P())
         args = tuple(jax.device_put(a, s) for a, s in zip(args, (qs,) * 4 + (rs,) * 4))
-    out = jax.device_get(_kernel(plan)(*args))
+    out = to_host(_kernel(plan)(*args))  # multi-host: each process ranked its own queries
     out = {k: np.asarray(v)[:nq_total] for k, v in out.items()}
     if "bad" in out and out["bad"].any():
         raise ValueError(

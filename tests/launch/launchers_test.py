@@ -519,6 +519,31 @@ def test_main_passes_the_process_variables_to_jax(tmp_path):
     assert "initialize [('num_processes', 2), ('process_id', 1)]" in res.stdout
 
 
+def _jax_distributed_sources() -> list[pathlib.Path]:
+    """The installed jax's distributed set-up and its cluster auto-detection."""
+    import jax
+
+    src = pathlib.Path(jax.__file__).parent / "_src"
+    return [src / "distributed.py", *sorted((src / "clusters").glob("*.py"))]
+
+
+def test_readme_documents_what_jax_reads():
+    """launch/README.md and gpu_multihost.sh say JAX reads JAX_COORDINATOR_ADDRESS but not the
+    process count or index; checked against the installed jax's source, so a jax upgrade that
+    changes this fails here."""
+    import re
+
+    pattern = re.compile(r"""(?:environ(?:\.get)?[(\[]|getenv\()\s*['"](JAX_[A-Z0-9_]+)""")
+    texts = [f.read_text() for f in _jax_distributed_sources()]
+    reads = {name for text in texts for name in pattern.findall(text)}
+    assert "JAX_COORDINATOR_ADDRESS" in reads
+    assert not reads & {"JAX_NUM_PROCESSES", "JAX_PROCESS_ID"}  # dpq-train passes these
+    readme = (REPO / "launch" / "README.md").read_text()
+    assert [name for name in sorted(reads) if f"`{name}`" not in readme] == []
+    for name in ("SLURM_PROCID", "OMPI_MCA_orte_hnp_uri"):  # the detection the docs describe
+        assert any(name in text for text in texts)
+
+
 # --- shellcheck -------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_shellcheck_clean():
