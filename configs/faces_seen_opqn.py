@@ -35,9 +35,8 @@ import math
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn
 
-# (M, K, D) at 32×32 with D = 512 (METHODS §1.1): K ≤ d = D / M for orthonormal codebooks.
-SEEN_32_SHAPES = {16: (2, 256, 512), 24: (4, 64, 512), 36: (6, 64, 516), 48: (8, 64, 512)}
 # Per-dataset normalisation (OPQN data_loader.py; CFW from the first commit).
 NORMALIZE = {
     "facescrub": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
@@ -50,11 +49,10 @@ TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800, "cfw60k": 5
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, bits=48, dataset="facescrub", train_images=0, runlocal=False)
-    if arg.bits not in SEEN_32_SHAPES:
-        raise ValueError(f"bits={arg.bits} not supported; choose one of {sorted(SEEN_32_SHAPES)}.")
     if arg.dataset not in NORMALIZE:
         raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(NORMALIZE)}.")
-    num_codebooks, codebook_size, embedding_dim = SEEN_32_SHAPES[arg.bits]
+    # (M, K, D) at 32×32: 2×256, 4×64, 6×64 (D = 516), 8×64 (METHODS §1.1).
+    num_codebooks, codebook_size, embedding_dim = opqn.reference_shape(arg.bits, 32)
     batch_size = 256
     train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
     steps_per_epoch = math.ceil(train_images / batch_size)
@@ -71,9 +69,10 @@ def get_config(arg=None):
     config.input.eval_batch_size = 512
     mean, std = NORMALIZE[arg.dataset]
     norm = f"value_range(0,1)|normalize({mean},{std})"
-    # DDH pickles are 32×32 (resize up to 35); CFW identity folders are stored at 35×35.
-    config.input.pp_train = f"resize(35,35)|random_crop(32,32)|flip_lr|{norm}"
-    config.input.pp_eval = f"resize(35,35)|center_crop(32,32)|{norm}"
+    # Resize(35): shorter side to 35, aspect kept (DDH pickles are 32×32, CFW folders stored
+    # at 35×35, so both come out 35×35).
+    config.input.pp_train = f"resize(35)|random_crop(32,32)|flip_lr|{norm}"
+    config.input.pp_eval = f"resize(35)|center_crop(32,32)|{norm}"
     config.input.prefetch = 4
 
     config.total_steps = 200 * steps_per_epoch

@@ -7,25 +7,35 @@ Data (OPQN's ImageFolder layout, one sub-folder per identity), under one folder,
   <target>/train/<id>/*.jpg, <target>/test/<id>/*.jpg               (the target face set)
 
 `dpq_jax.data.image_folder.load_cross_domain` stores both at 120×120 (JPEG, read lazily) and
-joins them into one source (`vggface2_to_<target>`). Protocol `faces_unseen`: train on the
-VGGFace2 `cross_train` identities; database = target train, queries = target test (no target
-identity is seen in training); validation = held-out VGGFace2 identities.
+joins them into one source (`vggface2_to_<target>`); the train and eval pipelines then apply
+the reference's `Resize(120)` (shorter side to 120, aspect kept: a no-op on the stored squares)
+and `CenterCrop(112)`. Protocol `faces_unseen`: train on the VGGFace2 `cross_train`
+identities; database = target train, queries = target test (no target identity is seen in
+training); validation = held-out VGGFace2 identities.
 
-Recipe (OPQN, METHODS §1): SphereFace-20 at 112×112 (strides 2,2,2,2), D = M·K with K = 256
-(`dpq_jax.methods.opqn.pq_shape`), fixed orthonormal DCT codebooks, subspace CosFace s = 40, m = 0.5,
-entropy μ = 0.1, SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, 160 epochs, ×0.5 every
-20 epochs. The cross-domain recipe uses centre crops and no flip, also in training; inputs are
-normalised to [−1, 1].
+Recipe (OPQN, METHODS §1; `opqn_main.py -c`): SphereFace-20 at 112×112 (strides 2,2,2,2), the
+reference's (M, K) per code length with D = M·K (`dpq_jax.methods.opqn.reference_shape`):
+
+  bits   16        24       36       48       64
+  M × K  2 × 256   4 × 64   6 × 64   8 × 64   8 × 256
+  D      512       256      384      512      2048
+
+(16/24/36 are the README's `-c` example; 64 bits is inferred, see `REFERENCE_SHAPES`), fixed
+orthonormal DCT codebooks, subspace CosFace s = 40, m = 0.5, entropy μ = 0.1, SGD lr 0.1,
+momentum 0.9, weight decay 5e-4, batch 256, 160 epochs, ×0.5 every 20 epochs. The cross-domain
+recipe uses Resize(120) → CenterCrop(112) and no flip, also in training; inputs are normalised
+to [−1, 1]. The test evaluator reports mAP@all and precision@top-5, as the reference's
+`test()` does on the target sets.
 
 The epoch counts become steps with `train_images` (the trainer prints the train split size on
 start; pass it as `:train_images=N`).
 
 Run (GPU needed):
 
-  dpq-train --config=configs/faces_unseen_opqn.py:bits=64,target=facescrub \
-      --workdir=workdirs/unseen_facescrub_64
+  dpq-train --config=configs/faces_unseen_opqn.py:bits=36,target=facescrub \
+      --workdir=workdirs/unseen_facescrub_36
 
-Arguments: `bits` (16, 24, 32, 48, 64), `target` (facescrub | cfw60k | youtube_faces),
+Arguments: `bits` (16, 24, 36, 48, 64), `target` (facescrub | cfw60k | youtube_faces),
 `train_images`, `runlocal` (tiny).
 
 Expected: not yet reproduced here (no data on the project machines); OPQN reports that its
@@ -44,10 +54,10 @@ TRAIN_IMAGES_ESTIMATE = 90000  # override with train_images=N
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, bits=64, target="facescrub", train_images=0, runlocal=False)
+    arg = config_lib.parse_arg(arg, bits=36, target="facescrub", train_images=0, runlocal=False)
     if arg.target not in TARGETS:
         raise ValueError(f"target={arg.target!r}; choose one of {TARGETS}.")
-    num_codebooks, codebook_size = opqn.pq_shape(arg.bits)
+    num_codebooks, codebook_size, embedding_dim = opqn.reference_shape(arg.bits, 112)
     batch_size = 256
     steps_per_epoch = math.ceil((arg.train_images or TRAIN_IMAGES_ESTIMATE) / batch_size)
 
@@ -62,9 +72,10 @@ def get_config(arg=None):
     config.input.batch_size = batch_size
     config.input.eval_batch_size = 256
     norm = "value_range(0,1)|normalize((0.5,0.5,0.5),(0.5,0.5,0.5))"
-    # Stored at 120×120 (OPQN resizes to 120); cross-domain training uses centre crops only.
-    config.input.pp_train = f"center_crop(112,112)|{norm}"
-    config.input.pp_eval = f"center_crop(112,112)|{norm}"
+    # Resize(120) keeps the aspect (shorter side 120); cross-domain training has no random
+    # crop and no flip (OPQN data_loader.py, cross_eval).
+    config.input.pp_train = f"resize(120)|center_crop(112,112)|{norm}"
+    config.input.pp_eval = f"resize(120)|center_crop(112,112)|{norm}"
     config.input.prefetch = 4
 
     config.total_steps = 160 * steps_per_epoch
@@ -74,7 +85,7 @@ def get_config(arg=None):
     config.model.backbone = ml_collections.ConfigDict(
         {"name": "sphereface20", "input_size": 112, "width_multiplier": 1.0}
     )
-    config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
+    config.model.embedding_dim = embedding_dim  # D = M·K, so d = K
     config.model.head = ml_collections.ConfigDict()
     config.model.head.num_codebooks = num_codebooks
     config.model.head.codebook_size = codebook_size
@@ -110,11 +121,12 @@ def get_config(arg=None):
     config.tensorboard = True
 
     config.evals = ml_collections.ConfigDict()
+    # P@5 on the target sets, as the reference's test() (top=10 only when the target is VGGFace2).
     config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False, precision_ks=(10,)
+        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False, precision_ks=(5,)
     )
     config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(10,)
+        "query", "database", log_steps=0, final=True, precision_ks=(5,)
     )
 
     if arg.runlocal:

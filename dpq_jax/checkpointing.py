@@ -15,6 +15,9 @@ orbax cannot read, is damaged: `restore` raises `DamagedCheckpointError`, while
 `restore_or_none` (resume) moves damaged steps into `<directory>_damaged/` and resumes from the
 newest intact step, with a warning naming each damaged one. Steps written before digests
 existed restore "unverified", with a warning.
+
+`directory` may be local or a URI (`gs://bucket/run/checkpoints`): orbax and tensorstore write
+object storage themselves, and the damaged-step move goes through `io_utils.move_tree`.
 """
 
 import contextlib
@@ -31,6 +34,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
+
+from dpq_jax import io_utils
 
 CHECKPOINT_FORMAT = "dpq_jax.checkpoint/1"
 # How `state_digest` hashes a state; recorded next to the digest, so it can change later.
@@ -137,6 +142,16 @@ class PreemptionFlag:
         return self._event.is_set()
 
 
+def metric_mode(metric: str) -> str:
+    """`"min"` for a loss (a name whose last part is `loss`, e.g. `"train/loss"`), else `"max"`
+    (retrieval metrics: mAP, precision, recall).
+
+    >>> metric_mode("train/loss"), metric_mode("val/map@all")
+    ('min', 'max')
+    """
+    return "min" if metric.rsplit("/", 1)[-1] == "loss" else "max"
+
+
 def abstract_like(state: Any) -> Any:
     """ShapeDtypeStructs (with shardings) for every array leaf of `state`, for restore."""
 
@@ -157,7 +172,7 @@ class Checkpointer:
       max_to_keep: how many of the latest checkpoints to keep.
       best_metric: a metrics key (e.g. `"val/map@all"`); when set, the best checkpoint by it is
         kept as well, whatever its age. Select on validation metrics, never on the query split.
-      best_mode: `"max"` or `"min"` for `best_metric`.
+      best_mode: `"max"` or `"min"` for `best_metric`; default `metric_mode(best_metric)`.
       async_save: write in a background thread (call `wait()` before reading back or exiting).
       read_only: for inference: never create, write or delete anything.
     """
@@ -169,12 +184,16 @@ class Checkpointer:
         save_interval_steps: int,
         max_to_keep: int = 3,
         best_metric: str | None = None,
-        best_mode: str = "max",
+        best_mode: str | None = None,
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = io_utils.abspath(directory)
         self.best_metric = best_metric
+        # Inferred from the name, so a reader of the workdir (inference) needs only select_on.
+        best_mode = best_mode or metric_mode(best_metric or "")
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
         self.best_mode = best_mode
         policies = [checkpoint_managers.LatestN(max_to_keep)]
         if best_metric:
@@ -378,15 +397,14 @@ class Checkpointer:
     def _set_aside(self, error: DamagedCheckpointError, resume_step: int) -> None:
         """Moves a damaged step out of the checkpoint directory (process 0), with a warning."""
         source = os.path.join(self.directory, str(error.step))
-        target_dir = self.directory.rstrip(os.sep) + "_damaged"
-        target = os.path.join(target_dir, str(error.step))
+        target_dir = io_utils.as_path(self.directory.rstrip("/") + "_damaged")
+        target = target_dir / str(error.step)
         suffix = 1
-        while os.path.exists(target):
-            target = os.path.join(target_dir, f"{error.step}.{suffix}")
+        while target.exists():
+            target = target_dir / f"{error.step}.{suffix}"
             suffix += 1
         if jax.process_index() == 0:
-            os.makedirs(target_dir, exist_ok=True)
-            os.replace(source, target)
+            io_utils.move_tree(source, target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"dpq_jax:set_aside:{error.step}")
         self._manager.reload()

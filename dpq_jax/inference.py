@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from dpq_jax import checkpointing, registry
+from dpq_jax import checkpointing, io_utils, registry
 
 
 def build_model(config: ml_collections.ConfigDict, *, num_classes: int, in_channels: int):
@@ -44,7 +44,8 @@ def restore_model(workdir: str, step: int | str = "best"):
     """Rebuilds the trained model of a workdir for inference (notebooks, the retriever).
 
     Args:
-      workdir: a training workdir (holds `config.json` and `checkpoints/`).
+      workdir: a training workdir (holds `config.json` and `checkpoints/`), local or a URI
+        (`gs://bucket/run`).
       step: `"best"` (best on validation, else latest), `"latest"`, or a step number.
 
     Returns:
@@ -96,13 +97,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
       ValueError: the file is not a JSON config.
     """
     path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    if not io_utils.as_path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: {workdir} is not a dpq_jax training workdir. Pass the "
             "--workdir of a training run."
         )
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.as_path(path).open(encoding="utf-8") as f:
             data = json.load(f)
         if not isinstance(data, dict):
             raise ValueError(f"a JSON {type(data).__name__}, not an object")

@@ -1,9 +1,18 @@
-"""Atomic file writes, SHA-256 checksums, and verified `.npz` archives.
+"""Paths, atomic file writes, SHA-256 checksums, and verified `.npz` archives.
+
+Paths: every user path (workdir, data_dir, source_dir, outputs) may be local or a URI of an
+object store such as `gs://bucket/run`. `as_path` turns a URI into an `etils.epath.Path`
+(tf.io.gfile when TensorFlow is installed, else fsspec with gcsfs for `gs://`) and keeps a
+local path a `pathlib.Path`, so local files behave exactly as they always did (fsync, flock,
+`os.replace`). Both have the pathlib API (`/`, `open`, `exists`, `mkdir`, `replace`, ...).
 
 Every file dpq_jax writes outside orbax (index files, split files, image caches, JSON reports)
 goes through `atomic_write`: the bytes go to a temporary file in the destination's folder,
 which is renamed over the destination only once it is complete, so a crash or an exception
 mid-write leaves the previous file (or none) under the final name, never a half-written one.
+In object storage the temporary object is renamed the same way (a server-side move or copy,
+which replaces the destination whole); a crash between the copy and the delete of a
+copy-and-delete rename leaves a stray `.<name>.<random>.tmp` object, never a damaged file.
 
 `.npz` archives (`write_npz` / `read_npz`) hold plain arrays (no pickles: they are read with
 `allow_pickle=False`) and, optionally, a `__metadata__` entry: UTF-8 JSON (sorted keys) with the
@@ -22,19 +31,128 @@ Example:
 """
 
 import contextlib
+import functools
 import hashlib
+import importlib.util
+import io
 import json
 import os
 import pathlib
+import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO
 
 import numpy as np
+from etils import epath
 
 import dpq_jax
 
 METADATA_KEY = "__metadata__"
+# URI schemes `etils.epath` reads and writes, with the fsspec package each needs (without
+# TensorFlow, whose tf.io.gfile serves gs:// too).
+URI_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+AnyPath = pathlib.Path | epath.Path
+
+
+# ----------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------
+def is_remote(path: str | os.PathLike) -> bool:
+    """Whether `path` is a URI (`gs://bucket/run`) rather than a local path.
+
+    Examples:
+      >>> is_remote("gs://bucket/run"), is_remote("workdirs/run"), is_remote(pathlib.Path("/tmp"))
+      (True, False, False)
+    """
+    return _URI.match(os.fspath(path)) is not None
+
+
+def as_path(path: str | os.PathLike) -> AnyPath:
+    """`etils.epath.Path` for a URI, `pathlib.Path` for a local path (behaviour unchanged).
+
+    Raises:
+      ValueError: a URI scheme that `etils.epath` cannot open (e.g. `file://`, `http://`), or
+        one whose client is not installed (`gs://` without gcsfs or TensorFlow).
+
+    `as_path("gs://bucket/run") / "metrics.jsonl"` is `PosixGPath('gs://bucket/run/metrics.jsonl')`.
+
+    Examples:
+      >>> as_path("workdirs/run") / "metrics.jsonl"
+      PosixPath('workdirs/run/metrics.jsonl')
+    """
+    match = _URI.match(os.fspath(path))
+    if match is None:
+        return pathlib.Path(os.fspath(path))
+    if match.group(1) not in URI_SCHEMES:
+        raise ValueError(
+            f"{os.fspath(path)!r}: {match.group(1)}:// paths are not supported; use a local "
+            f"path or one of {', '.join(s + '://' for s in URI_SCHEMES)}."
+        )
+    _check_client(match.group(1))
+    return epath.Path(path)
+
+
+@functools.cache
+def _check_client(scheme: str) -> None:
+    package = URI_SCHEMES[scheme]
+    if importlib.util.find_spec(package) is not None:
+        return
+    use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
+    if scheme == "gs" and use_tf and importlib.util.find_spec("tensorflow") is not None:
+        return  # etils.epath uses tf.io.gfile
+    extra = " ('dpq_jax[gcs]')" if scheme == "gs" else ""
+    raise ValueError(f"{scheme}:// paths need the {package} package; pip install {package}{extra}.")
+
+
+def abspath(path: str | os.PathLike) -> str:
+    """`os.path.abspath` for a local path; a URI as given, without a trailing `/`.
+
+    Examples:
+      >>> abspath("gs://bucket/run/")
+      'gs://bucket/run'
+    """
+    if is_remote(path):
+        return os.fspath(path).rstrip("/")
+    return os.path.abspath(os.fspath(path))
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole content of a local or remote file."""
+    return as_path(path).read_bytes()
+
+
+def move_tree(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Moves a folder to `target` (which must not exist); its parent is created.
+
+    Local: one `os.replace` (atomic). Object storage has no folders to rename: every file is
+    copied, and only then is the source deleted, so a crash part-way loses no file (it may
+    leave a partial copy at `target`, or a partly deleted source beside a complete copy).
+    """
+    source, target = as_path(source), as_path(target)
+    if isinstance(source, pathlib.Path) and isinstance(target, pathlib.Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        return
+    for relative in _files_under(source):
+        (source / relative).copy(target / relative)
+    source.rmtree()
+
+
+def _files_under(folder: AnyPath, prefix: str = "") -> list[str]:
+    """Paths (relative, `/`-separated) of the files under `folder`, via `iterdir`."""
+    files = []
+    for child in sorted(folder.iterdir()):
+        name = f"{prefix}{child.name}"
+        if child.is_dir():
+            files += _files_under(child, name + "/")
+        else:
+            files.append(name)
+    return files
 
 
 @contextlib.contextmanager
@@ -43,10 +161,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
 
     The temporary file (`.<name>.<random>.tmp` in the same folder, so the rename stays on one
     file system and is atomic) is flushed to disk before `os.replace`; if the block raises, it
-    is deleted and `path` keeps its old content.
+    is deleted and `path` keeps its old content. For a URI (`gs://...`) the temporary object
+    is written in full, then renamed over `path` (`etils.epath` `replace`: a server-side move,
+    or copy and delete); `path` is never open for writing, so it is either the old object or
+    the complete new one.
 
     Args:
-      path: the destination file; its folder must exist.
+      path: the destination file; its folder must exist (any prefix, in object storage).
       mode: `"wb"` (default) or `"w"` (text; pass e.g. `encoding="utf-8"`).
       **open_kwargs: passed to `open`.
 
@@ -65,16 +186,44 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
         raise ValueError(
             f"atomic_write writes whole files: mode must be 'w' or 'wb', got {mode!r}."
         )
-    path = pathlib.Path(path)
+    path = as_path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    if isinstance(path, pathlib.Path):
+        try:
+            with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    renamed = False
     try:
-        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+        # Written to a local temporary file first: writers may seek (zip archives, PNGs), and
+        # an exception in the block must upload nothing.
+        with tempfile.TemporaryFile() as local:
+            f = local if "b" in mode else io.TextIOWrapper(local, **_text_options(open_kwargs))
             yield f
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if f is not local:
+                f.detach()  # keeps `local` open
+            local.seek(0)
+            with tmp.open("wb") as out:
+                shutil.copyfileobj(local, out, 1 << 22)
+        tmp.replace(path)
+        renamed = True
     finally:
-        tmp.unlink(missing_ok=True)
+        if not renamed:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # best effort: the object may not exist
+
+
+def _text_options(open_kwargs: dict) -> dict:
+    unknown = set(open_kwargs) - {"encoding", "newline", "errors"}
+    if unknown:
+        raise TypeError(f"atomic_write: unsupported open arguments {sorted(unknown)}.")
+    return {"encoding": "utf-8", **open_kwargs}
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -101,7 +250,7 @@ def array_record(array: np.ndarray) -> dict:
     return {"dtype": str(array.dtype), "shape": list(array.shape), "sha256": array_sha256(array)}
 
 
-def files_sha256(root: pathlib.Path, files: Sequence[pathlib.Path], *, content: bool) -> str:
+def files_sha256(root: AnyPath, files: Sequence[AnyPath], *, content: bool) -> str:
     """SHA-256 over the names relative to `root` and either the bytes or the sizes of `files`.
 
     Sizes only (`content=False`) suit large image trees: hashing tens of GB on every load costs
@@ -119,17 +268,23 @@ def files_sha256(root: pathlib.Path, files: Sequence[pathlib.Path], *, content: 
     for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         if content:
-            with open(path, "rb") as f:
+            with path.open("rb") as f:
                 for chunk in iter(lambda f=f: f.read(1 << 22), b""):
                     digest.update(chunk)
         else:
-            digest.update(str(path.stat().st_size).encode() + b"\0")
+            digest.update(str(file_size(path)).encode() + b"\0")
     return digest.hexdigest()
+
+
+def file_size(path: AnyPath) -> int:
+    """Size in bytes (`pathlib` stats carry `st_size`, `etils.epath` stats `length`)."""
+    stat = path.stat()
+    return int(stat.st_size if hasattr(stat, "st_size") else stat.length)
 
 
 def write_npz(
     path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: dict | None = None
-) -> pathlib.Path:
+) -> AnyPath:
     """Writes `arrays` to an uncompressed `.npz` file, atomically.
 
     Args:
@@ -140,9 +295,9 @@ def write_npz(
         which `read_npz` verifies.
 
     Returns:
-      The path written.
+      The path written (`as_path`).
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
     entries = dict(arrays)
     if metadata is not None:
         full = {**metadata, "arrays": {name: array_record(a) for name, a in arrays.items()}}
@@ -183,15 +338,16 @@ def read_npz(
         newer format version, or arrays that disagree with their recorded dtype, shape or
         SHA-256.
     """
-    path = pathlib.Path(path)
+    path = as_path(path)
 
     def fail(problem: str) -> ValueError:
         return ValueError(f"Cannot read {what} {str(path)!r}: {problem} {fix}")
 
     if not path.is_file():
         raise FileNotFoundError(f"No {what} at {str(path)!r}.")
+    source = path if isinstance(path, pathlib.Path) else io.BytesIO(path.read_bytes())
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = np.load(source, allow_pickle=False)
     except Exception as e:  # any failure to parse the container means a damaged file
         raise fail(
             f"not a readable .npz archive ({type(e).__name__}: {e}); the file is truncated, "

@@ -24,7 +24,9 @@ PROG = "dpq-train"
 EXIT_ERROR = 2
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; a rerun resumes from it.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory, local or gs://bucket/run; a rerun resumes from it."
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change",
     False,

@@ -2,12 +2,33 @@
 
 Every number is written next to its protocol, code length, K and metric conventions. Each row
 also carries the code groups of its database codes (`code_stats`: distinct codes and the
-largest group of identical codes), when its evaluator logs them.
+largest group of identical codes), when its evaluator logs them, and how they use the code
+space (`code_usage`, `dpq_jax.analysis.code_stats.code_usage`: PQ codes give the codewords used
+and the usage entropy in bits of each codebook, binary codes the fraction of ones of each bit).
 """
 
 import numpy as np
 
+from dpq_jax import io_utils
+
 _STAT_NAMES = {"distinct_codes": "distinct codes", "largest_code_group": "largest group"}
+
+
+def _span(values, fmt) -> str:
+    lo, hi = min(values), max(values)
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+
+
+def _usage_cells(usage: dict) -> dict[str, str]:
+    """Table cells of a row's `code_usage`: the range over codebooks (or bits)."""
+    cells = {}
+    if usage.get("used_codewords"):
+        cells["words used"] = f"{_span(usage['used_codewords'], str)}/{usage['codebook_size']}"
+        entropy = _span(usage["usage_entropy_bits"], "{:.2f}".format)
+        cells["usage entropy"] = f"{entropy}/{usage['max_entropy_bits']:.2f} b"
+    if usage.get("ones_fraction"):
+        cells["ones fraction"] = _span(usage["ones_fraction"], "{:.2f}".format)
+    return cells
 
 
 def build_report(
@@ -31,6 +52,7 @@ def build_report(
                 if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
             }
             code_stats = {k: int(row_metrics.pop(k)) for k in stats if k in row_metrics}
+            code_usage = getattr(evaluator, "last_code_usage", {}).get(bits, {})
             rows.append(
                 {
                     "eval": name,
@@ -43,6 +65,7 @@ def build_report(
                     "search": evaluator.conventions["search"],
                     "metrics": row_metrics,
                     "code_stats": code_stats,
+                    "code_usage": code_usage,
                     "raw_pixels": raw_pixels,
                     "conventions": evaluator.conventions,
                 }
@@ -75,13 +98,16 @@ def format_report(report: dict) -> str:
         first = rows[0]
         keys = list(first["metrics"])
         stats = list(first.get("code_stats", {}))
-        header = ["protocol", "bits"] + keys + [_STAT_NAMES.get(k, k) for k in stats]
+        usage = list(_usage_cells(first.get("code_usage", {})))
+        header = ["protocol", "bits"] + keys + [_STAT_NAMES.get(k, k) for k in stats] + usage
         header += [f"raw pixels {k}" for k in first["raw_pixels"]]
         table = []
         for row in rows:
             values = [row["protocol"], str(row["bits"])]
             values += [f"{row['metrics'][k]:.4f}" for k in keys]
             values += [str(row["code_stats"][k]) for k in stats]
+            cells = _usage_cells(row.get("code_usage", {}))
+            values += [cells.get(k, "-") for k in usage]
             values += [f"{v:.4f}" for v in row["raw_pixels"].values()]
             table.append(values)
         widths = [max(len(h), *(len(v[i]) for v in table)) for i, h in enumerate(header)]
@@ -99,7 +125,8 @@ def format_report(report: dict) -> str:
 
 
 def plot_pr_curves(curves: dict, path: str, title: str = "") -> None:
-    """Saves precision-recall curves `{name: (precision [T], recall [T])}` as a PNG."""
+    """Saves precision-recall curves `{name: (precision [T], recall [T])}` as a PNG at `path`
+    (local or a URI such as `gs://bucket/run/pr_curve.png`; written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,5 +147,6 @@ def plot_pr_curves(curves: dict, path: str, title: str = "") -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with io_utils.atomic_write(path) as f:
+        fig.savefig(f, format="png")
     plt.close(fig)

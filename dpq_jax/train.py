@@ -94,7 +94,7 @@ def make_train_step(
 def training_subset(source, train_indices: np.ndarray):
     """The train split as its own source, identities relabelled to 0..C_train-1.
 
-    The classifier only knows training identities (e.g. 30 of 40 in `orl_unseen`).
+    The classifier only knows training identities (e.g. 24 of 40 in `orl_unseen`).
 
     Returns:
       `(subset_source, num_classes)`; item i of the subset is `source[train_indices[i]]`.
@@ -145,6 +145,42 @@ def _build_evaluators(config, *, method, graphdef, source, splits, mesh):
             batch_size=config.input.get("eval_batch_size", config.input.batch_size),
         )
     return evaluators
+
+
+@dataclasses.dataclass
+class _LossWindow:
+    """The training losses since the previous checkpoint, for `select_on = TRAIN_LOSS`.
+
+    Summed on the host in float64, one step after another; the open sum goes into every
+    checkpoint's meta, so a resumed run adds the same numbers in the same order as one that
+    was never stopped. The device scalars are fetched only at checkpoints.
+    """
+
+    META_KEY = "train_loss_window"
+    total: float = 0.0
+    count: int = 0
+    pending: list = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "_LossWindow":
+        saved = meta.get(cls.META_KEY) or {}  # none: a checkpoint of another select_on
+        return cls(float(saved.get("sum", 0.0)), int(saved.get("count", 0)))
+
+    def add(self, loss) -> None:
+        self.pending.append(loss)
+
+    def to_meta(self) -> dict:
+        for loss in jax.device_get(self.pending):
+            self.total += float(loss)
+            self.count += 1
+        self.pending = []
+        return {"sum": self.total, "count": self.count}
+
+    def close(self) -> float:
+        """The mean loss of the window, which then starts afresh."""
+        record = self.to_meta()
+        self.total, self.count = 0.0, 0
+        return record["sum"] / record["count"]
 
 
 def _check_finite(finite_flags: list, first_step: int, last_step: int, ckpt) -> None:
@@ -207,10 +243,18 @@ def selectable_metrics(config: ml_collections.ConfigDict, eval_name: str) -> tup
     return tuple(names)
 
 
+# `select_on = TRAIN_LOSS` is the reference OPQN code's rule, not recommended: it never looks at
+# held-out data. The checkpoint with the lowest mean training loss over its steps since the
+# previous checkpoint (the reference: the epoch with the lowest training loss) is reported.
+TRAIN_LOSS = "train/loss"
+
+
 def check_select_on(config: ml_collections.ConfigDict) -> str | None:
     """The checkpoint-selection metric, checked: `"<evaluator>/<metric>"` of an evaluator in
     `config.evals` that scores validation splits only (`val_*`, never the test queries), and a
-    metric that evaluator logs. `""` means no selection: the report uses the last step.
+    metric that evaluator logs (the highest wins). `""` means no selection: the report uses the
+    last step. `TRAIN_LOSS` (`"train/loss"`) selects the lowest mean training loss between
+    checkpoints, the reference's rule (not recommended: it never looks at held-out data).
 
     Returns:
       `config.select_on`, or None when it is empty.
@@ -219,8 +263,8 @@ def check_select_on(config: ml_collections.ConfigDict) -> str | None:
       ValueError: any other `select_on`, with the valid choices.
     """
     select_on = config.get("select_on", "") or None
-    if select_on is None:
-        return None
+    if select_on is None or select_on == TRAIN_LOSS:
+        return select_on
     evals = config.get("evals") or {}
     validation = [
         name
@@ -228,15 +272,23 @@ def check_select_on(config: ml_collections.ConfigDict) -> str | None:
         if str(cfg.get("query", "")).startswith("val_")
         and str(cfg.get("database", "")).startswith("val_")
     ]
+    choices = [
+        m
+        for n in validation
+        if evals[n].get("type") == "retrieval"
+        for m in selectable_metrics(config, n)
+    ]
+    others = (
+        f"'{TRAIN_LOSS}' (lowest training loss, the reference's rule; not recommended: it never "
+        "looks at held-out data) or '' (report the last step)"
+    )
     hint = (
-        f"Set --config.select_on to one of the validation evaluators {sorted(validation)}, e.g. "
-        f"'{validation[0]}/map@all', or to '' to report the last step."
-        if validation
+        f"Set --config.select_on to one of {sorted(choices)}, {others}."
+        if choices
         else "Add an evaluator on the val_query/val_database splits to config.evals, or set "
-        "--config.select_on='' to report the last step."
+        f"--config.select_on to {others}."
     )
     eval_name, _, metric = str(select_on).partition("/")
-    # A selection on training numbers (e.g. "train/loss") would be one more branch here.
     if not metric:
         raise ValueError(f"select_on={select_on!r} must read '<evaluator>/<metric>'. {hint}")
     if eval_name not in evals:
@@ -252,7 +304,7 @@ def check_select_on(config: ml_collections.ConfigDict) -> str | None:
     if select_on not in names:
         raise ValueError(
             f"select_on={select_on!r}: evaluator {eval_name!r} logs no metric {metric!r}; "
-            f"choose one of {sorted(names)}."
+            f"choose one of {sorted(names)}, {others}."
         )
     return select_on
 
@@ -366,7 +418,8 @@ def train_and_evaluate(
     Args:
       config: a config from `configs/` (locked ConfigDict).
       workdir: output directory: `config.json`, `metrics.jsonl`, `tensorboard/`, `splits/`,
-        `checkpoints/`, `report.json`, `pr_curve.png`.
+        `checkpoints/`, `report.json`, `pr_curve.png`. Local, or a URI such as
+        `gs://bucket/run` (docs/cloud.md: such a workdir is not locked).
       allow_config_change: resume although fields of `workdir.COMPATIBLE_FIELDS` (learning
         rate, step counts, intervals) differ from the workdir's run; the changes are logged.
 
@@ -510,6 +563,8 @@ def _train_and_evaluate(config, workdir, mesh, config_changes) -> TrainResult:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             prefetch=config.input.get("prefetch", 2),
+            sampler=config.input.get("sampler", "uniform"),
+            classes_per_batch=config.input.get("classes_per_batch", 0),
         )
         meta_base = {
             "signature": signature,
@@ -550,6 +605,7 @@ def _train_and_evaluate(config, workdir, mesh, config_changes) -> TrainResult:
             epoch_size=len(splits.train),
             mesh=mesh,
             writer=writer,
+            resumed_meta=restored[1] if restored is not None else {},
         )
         report = None
         if not stopped_early:
@@ -582,10 +638,13 @@ def _train_loop(
     epoch_size,
     mesh,
     writer,
+    resumed_meta=None,
 ):
     """Steps `start_step + 1 .. total_steps` (or until preempted), with logging, periodic
     evaluation and checkpoints. Returns `(step, stopped_early, last_metrics, state)`."""
-    select_eval = select_on.split("/")[0] if select_on else None
+    on_loss = select_on == TRAIN_LOSS
+    select_eval = select_on.split("/")[0] if select_on and not on_loss else None
+    loss_window = _LossWindow.from_meta(resumed_meta or {}) if on_loss else None
     ckpt.preemption.install()
     last_metrics: dict[str, float] = {}
     finite_flags, window_start = [], start_step + 1
@@ -599,6 +658,8 @@ def _train_loop(
         ):
             batch = parallel.put_batch({k: host_batch[k] for k in ("image", "label")}, mesh)
             state, metrics = train_step(state, batch)
+            if on_loss:
+                loss_window.add(metrics["train/loss"])
             finite_flags.append(metrics.pop("finite"))
             steps_in_window += 1
             progress.update(1)
@@ -630,10 +691,20 @@ def _train_loop(
                 selection = (
                     {select_on: eval_metrics[select_on]} if select_on in eval_metrics else None
                 )
+                window_meta = {}
+                if on_loss:  # a preemption save carries the open window, not a selection
+                    selection = {TRAIN_LOSS: loss_window.close()} if ckpt_now else None
+                    window_meta = {_LossWindow.META_KEY: loss_window.to_meta()}
+                    if selection:
+                        writer.write(step, {"train/window_loss": selection[TRAIN_LOSS]})
                 ckpt.save(
                     step,
                     state,
-                    {**meta_base, "epoch": step * config.input.batch_size / epoch_size},
+                    {
+                        **meta_base,
+                        "epoch": step * config.input.batch_size / epoch_size,
+                        **window_meta,
+                    },
                     metrics=selection,
                     force=True,
                 )
@@ -661,6 +732,13 @@ def _final_report(
     if best is None:
         why = f"no kept checkpoint has a {select_on} value" if select_on else "select_on is ''"
         metric_writers.say(f"Reporting the last step {latest} ({why}).")
+    elif select_on == TRAIN_LOSS:
+        step, selected_on = best, select_on
+        metric_writers.say(
+            f"Reporting step {best}: the lowest mean training loss since the previous "
+            f"checkpoint of the kept steps {sorted(ckpt.all_steps())} (select_on={TRAIN_LOSS!r}, "
+            "the reference's rule; not recommended: it never looks at held-out data)."
+        )
     else:
         step, selected_on = best, select_on
         cfg = evaluators[select_on.split("/")[0]].cfg
@@ -668,8 +746,8 @@ def _final_report(
             f"Reporting step {best}: the best {select_on} ({cfg.query} against "
             f"{cfg.database}) of the kept steps {sorted(ckpt.all_steps())}."
         )
-        if best != latest:
-            state, _ = ckpt.restore(checkpointing.abstract_like(state), step=best)
+    if step != latest:
+        state, _ = ckpt.restore(checkpointing.abstract_like(state), step=step)
     final = {}
     curves = {}
     for name, evaluator in evaluators.items():

@@ -1,6 +1,7 @@
 """Guards of a training workdir: one run at a time, and a resume only with a compatible config.
 
-* `prepare(workdir)`: the absolute path, created if missing; a file in its place is an error.
+* `prepare(workdir)`: the absolute path (a URI such as `gs://bucket/run` as given), created if
+  missing; a file in its place is an error.
 * `WorkdirLock`: an exclusive `fcntl.flock` on `<workdir>/.lock` for the life of a run. The
   kernel drops the lock when its process ends, however it ends, so a lock file left behind by
   a killed run never blocks the next one. The holder writes its pid, host, start time and
@@ -15,6 +16,8 @@
 
 POSIX only (`fcntl`). On NFS, Linux emulates `flock` with POSIX byte-range locks, which the
 NFS lock manager shares between clients; on object-store mounts (gcsfuse) locks are local.
+A workdir in object storage (`gs://...`) has no lock at all: `WorkdirLock` logs one warning
+and takes none (docs/reliability.md, "Workdir lock").
 """
 
 import datetime
@@ -28,6 +31,9 @@ import time
 from typing import Any
 
 import ml_collections
+from absl import logging
+
+from dpq_jax import io_utils
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -79,6 +85,14 @@ def prepare(workdir: str) -> str:
     Raises:
       WorkdirError: `workdir` (or a parent) is a file.
     """
+    if io_utils.is_remote(workdir):
+        remote = io_utils.as_path(workdir)
+        if remote.is_file():
+            raise WorkdirError(
+                f"--workdir {workdir} is an object (a file), not a folder; pass a folder path."
+            )
+        remote.mkdir(parents=True, exist_ok=True)  # nothing to create in a bucket
+        return io_utils.abspath(workdir)
     path = os.path.abspath(workdir)
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError(
@@ -113,6 +127,10 @@ def _describe_holder(info: dict[str, Any] | None) -> str:
 class WorkdirLock:
     """An exclusive, process-safe lock on a workdir (`<workdir>/.lock`).
 
+    Object storage (`gs://...`) has neither `flock` nor a lock that a killed holder drops, so a
+    remote workdir is not locked: `acquire` logs one warning and succeeds. Cloud jobs get one
+    writer per workdir by construction (one job, one `--workdir`); see docs/reliability.md.
+
     Args:
       workdir: an existing directory.
       command: what the holder runs, written into the lock file (default: `sys.argv`).
@@ -123,14 +141,16 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str, command: str | None = None):
-        self.workdir = os.path.abspath(workdir)
+        self.remote = io_utils.is_remote(workdir)
+        self.workdir = io_utils.abspath(workdir)
         self.path = os.path.join(self.workdir, LOCK_NAME)
         self.command = command if command is not None else " ".join(sys.argv)
         self._fd: int | None = None
+        self._unlocked = False  # a remote workdir "held" without a lock
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._unlocked
 
     def acquire(self) -> None:
         """Takes the lock without waiting.
@@ -138,7 +158,15 @@ class WorkdirLock:
         Raises:
           WorkdirBusyError: another process (or another handle in this one) holds it.
         """
-        if self._fd is not None:
+        if self.held:
+            return
+        if self.remote:
+            logging.warning(
+                "Workdir %s is in object storage, which has no file locks: it is not locked. "
+                "Run one job at a time on it (docs/reliability.md, Workdir lock).",
+                self.workdir,
+            )
+            self._unlocked = True
             return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -161,6 +189,7 @@ class WorkdirLock:
 
     def release(self) -> None:
         """Drops the lock (the file stays; its content only means something while locked)."""
+        self._unlocked = False
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -260,10 +289,10 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
       WorkdirError: the file is not a JSON object.
     """
     path = os.path.join(workdir, CONFIG_NAME)
-    if not os.path.exists(path):
+    if not io_utils.as_path(path).exists():
         return None
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.as_path(path).open(encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError) as e:
         raise WorkdirError(

@@ -241,3 +241,52 @@ def test_read_only_checkpointer_creates_nothing(tmp_path):
         ckpt.restore_meta()
     ckpt.close()
     assert not (tmp_path / "no").exists()
+
+
+def test_min_mode_keeps_the_lowest_loss_and_survives_a_restart(tmp_path):
+    # "train/loss" is minimised (metric_mode); the values go down, up and down again.
+    loss = {1: 0.9, 2: 0.4, 3: 0.7, 4: 0.5, 5: 0.6}
+    lowest = min(sorted(loss), key=lambda s: (loss[s], -s))  # ties: the later step
+    ckpt = checkpointing.Checkpointer(
+        str(tmp_path), save_interval_steps=1, max_to_keep=2, best_metric="train/loss"
+    )
+    assert ckpt.best_mode == "min"
+    for step, value in loss.items():
+        ckpt.save(step, _state(step), {}, metrics={"train/loss": value}, force=True)
+    ckpt.wait()
+    assert ckpt.best_step() == lowest == 2
+    assert sorted(ckpt.all_steps()) == sorted({lowest, 4, 5})  # lowest + latest two
+    ckpt.close()
+    # A new process (resume) and a read-only reader (inference) find the same step on disk.
+    again = checkpointing.Checkpointer(
+        str(tmp_path), save_interval_steps=1, max_to_keep=2, best_metric="train/loss"
+    )
+    assert again.best_step() == lowest
+    again.save(6, _state(6), {}, metrics={"train/loss": 0.45}, force=True)
+    again.wait()
+    assert again.best_step() == 2 and sorted(again.all_steps()) == [2, 5, 6]
+    again.close()
+    reader = checkpointing.Checkpointer(
+        str(tmp_path), save_interval_steps=1, best_metric="train/loss", read_only=True
+    )
+    assert reader.best_step() == 2
+    reader.close()
+    # The mode can be given explicitly; a wrong one is one clear error.
+    highest = checkpointing.Checkpointer(
+        str(tmp_path),
+        save_interval_steps=1,
+        best_metric="train/loss",
+        best_mode="max",
+        read_only=True,
+    )
+    assert highest.best_step() == 5  # of the kept steps 2, 5, 6
+    highest.close()
+    with pytest.raises(ValueError, match="best_mode must be 'max' or 'min', got 'lowest'"):
+        checkpointing.Checkpointer(str(tmp_path), save_interval_steps=1, best_mode="lowest")
+
+
+def test_metric_mode():
+    assert checkpointing.metric_mode("train/loss") == "min"
+    assert checkpointing.metric_mode("loss") == "min"
+    for name in ("val/map@all", "val/24bit/p@5", "val/r@r2", "train/lossy"):
+        assert checkpointing.metric_mode(name) == "max"

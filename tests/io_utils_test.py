@@ -133,3 +133,27 @@ def test_files_sha256_names_and_contents_or_sizes(tmp_path):
     files[1].write_bytes(b"xy")  # same size, other bytes
     assert io_utils.files_sha256(tmp_path, files, content=False) == by_size
     assert io_utils.files_sha256(tmp_path, files, content=True) != digest
+
+
+def test_uris_are_told_from_local_paths_without_touching_storage(monkeypatch):
+    import importlib.util
+    import os
+    import pathlib
+
+    assert io_utils.is_remote("gs://b/run") and not io_utils.is_remote("runs/gs_like:x")
+    assert io_utils.abspath("gs://b/run/") == "gs://b/run"
+    assert io_utils.abspath("run") == os.path.abspath("run")
+    assert type(io_utils.as_path("runs/x")) is type(pathlib.Path("runs/x"))  # local: pathlib
+    with pytest.raises(ValueError, match="ftp:// paths are not supported.*gs://"):
+        io_utils.as_path("ftp://host/run")
+    find_spec = importlib.util.find_spec
+    missing = ("gcsfs", "tensorflow")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else find_spec(name)
+    )
+    io_utils._check_client.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"gs:// paths need the gcsfs package; pip install"):
+            io_utils.as_path("gs://b/run")
+    finally:
+        io_utils._check_client.cache_clear()

@@ -276,3 +276,79 @@ def test_report_says_which_step_was_selected_and_why(orl_data_dir, tmp_path, cap
     result = train.train_and_evaluate(none, str(tmp_path / "last"))
     assert result.report["selected_step"] == 2 and result.report["selected_on"] == "last step"
     assert "Reporting the last step 2 (select_on is '')" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# select_on = "train/loss": the reference OPQN's rule (issue 11)
+# ----------------------------------------------------------------------------------------------
+def _window_means(records, ckpt_steps):
+    """NumPy oracle: {checkpoint step: mean logged train/loss over the steps since the previous
+    checkpoint}, from a run that logged every step."""
+    loss = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    steps = np.array(sorted(loss))
+    values = np.array([loss[s] for s in steps], np.float64)
+    ends = [s for s in steps if s % ckpt_steps == 0 or s == steps[-1]]
+    starts = [0, *ends[:-1]]
+    return {int(e): float(values[(steps > a) & (steps <= e)].mean()) for a, e in zip(starts, ends)}
+
+
+def test_select_on_train_loss_picks_the_lowest_mean_training_loss(
+    orl_data_dir, tmp_path, capsys, monkeypatch
+):
+    overrides = dict(
+        select_on="train/loss",
+        total_steps=6,  # lr 0.5 makes the loss noisy: the lowest window need not be the last
+        ckpt_steps=2,
+        keep_ckpts=1,
+        log_training_steps=1,
+        **{"optim.lr": 0.5},
+    )
+    config = tiny_config(orl_data_dir, **overrides)
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
+    means = _window_means(records, ckpt_steps=2)
+    assert sorted(means) == [2, 4, 6]
+    lowest = min(sorted(means), key=lambda s: (means[s], -s))
+    logged = {r["step"]: r["train/window_loss"] for r in records if "train/window_loss" in r}
+    np.testing.assert_allclose(
+        [logged[s] for s in sorted(means)], [means[s] for s in sorted(means)], rtol=1e-6
+    )
+    assert straight.report["selected_step"] == lowest
+    assert straight.report["selected_on"] == "train/loss"
+    out = capsys.readouterr().out
+    assert f"Reporting step {lowest}: the lowest mean training loss" in out
+    assert "never looks at held-out data" in out
+    # Inference reads the same rule from the workdir (min, not max).
+    _, _, _, meta = inference.restore_model(str(tmp_path / "straight"))
+    assert meta["step"] == lowest
+
+    # Preempted mid-window (step 3) and resumed: the open window is carried in the checkpoint,
+    # so every window mean, and the selected step, are those of the uninterrupted run.
+    original = checkpointing.Checkpointer.should_stop
+    monkeypatch.setattr(checkpointing.Checkpointer, "should_stop", lambda self, step: step == 3)
+    first = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert first.stopped_early and first.step == 3
+    monkeypatch.setattr(checkpointing.Checkpointer, "should_stop", original)
+    resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    again = {r["step"]: r["train/window_loss"] for r in records if "train/window_loss" in r}
+    assert sorted(again) == [2, 4, 6]
+    assert again == logged  # the same float64 sums, in the same order
+    assert resumed.report["selected_step"] == lowest
+
+
+def test_invalid_select_on_is_one_line_listing_the_choices(tmp_path):
+    for select_on in ("train/accuracy", "val/map@7", "val"):
+        with pytest.raises(ValueError) as info:
+            train.train_and_evaluate(tiny_config("", select_on=select_on), str(tmp_path / "wd"))
+        message = str(info.value)
+        assert "\n" not in message and f"select_on={select_on!r}" in message
+        for choice in ("'val/map@all'", "'val/p@5'", "'train/loss'", "'' (report the last step)"):
+            assert choice in message, (choice, message)
+    assert not (tmp_path / "wd").exists()

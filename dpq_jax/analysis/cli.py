@@ -25,6 +25,9 @@ splits (`dpq_jax.analysis.evaluation`; a progress bar shows the encoding), and t
 numbers are recomputed alongside as a check. `--no_recompute` draws only what the workdir files
 hold (results table, mAP vs code length, training curves).
 
+The workdirs and `--output` may be local or URIs such as `gs://bucket/run`; every file is
+written atomically (`dpq_jax.io_utils.atomic_write`).
+
 Exit status: 0 done; 2 bad input (one line `dpq-report: error: ...` naming the problem and
 the fix).
 """
@@ -43,6 +46,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from dpq_jax import io_utils
 
 PROG = "dpq-report"
 EXIT_ERROR = 2
@@ -90,13 +95,14 @@ def build(
     from dpq_jax.analysis import plots
     from dpq_jax.analysis import runs as runs_lib
 
-    os.makedirs(output, exist_ok=True)
+    io_utils.as_path(output).mkdir(parents=True, exist_ok=True)
     results = runs_lib.results_table(runs)  # fails early on a run without a report
     tables: dict[str, Any] = {"results": results}
     figures: list[dict] = []
 
     def save(fig, spec):
-        plots.save_png(fig, os.path.join(output, spec["file"]))
+        with io_utils.atomic_write(os.path.join(output, spec["file"])) as f:
+            fig.savefig(f, format="png")
         figures.append(spec)
 
     tables["map_vs_bits"] = runs_lib.metric_vs_bits(runs, "map@all", eval_name)
@@ -135,9 +141,9 @@ def build(
             encoded=encoded or {},
         )
     document = {"figures": figures, "tables": tables, "checks": checks}
-    with open(os.path.join(output, "tables.json"), "w", encoding="utf-8") as f:
+    with io_utils.atomic_write(os.path.join(output, "tables.json"), "w", encoding="utf-8") as f:
         json.dump(_jsonable(document), f, indent=1)
-    with open(os.path.join(output, "report.html"), "w", encoding="utf-8") as f:
+    with io_utils.atomic_write(os.path.join(output, "report.html"), "w", encoding="utf-8") as f:
         f.write(render_html(runs, document, output))
     return document
 
@@ -412,8 +418,8 @@ def render_html(runs, document: dict, output: str) -> str:
 
     parts.append("<h2>Figures</h2>")
     for spec in document["figures"]:
-        with open(os.path.join(output, spec["file"]), "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
+        data = base64.b64encode(io_utils.read_bytes(os.path.join(output, spec["file"])))
+        data = data.decode("ascii")
         parts.append(
             f"<figure><h3>{e(spec['title'])}</h3>"
             f"<img alt='{e(spec['title'])}' src='data:image/png;base64,{data}'>"
@@ -468,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.queries < 1 or args.k < 1:
             raise ValueError(f"--queries and --k must be >= 1, got {args.queries} and {args.k}.")
-        if os.path.exists(args.output) and not os.path.isdir(args.output):
+        if io_utils.as_path(args.output).is_file():
             raise ValueError(f"--output {args.output} is a file; give a folder.")
         names = None if args.names is None else [n.strip() for n in args.names.split(",")]
         runs = runs_lib.load_runs(args.workdirs, names)

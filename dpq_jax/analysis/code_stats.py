@@ -1,10 +1,11 @@
 """How a database's codes use the code space: codeword usage and entropy per codebook (PQ),
 the balance of each bit (hashing) and the sizes of groups of identical codes.
 
-Pure NumPy on host codes; each function states its shapes. Collapse shows here first: a PQ
-codebook whose usage entropy is far below log2(K) bits wastes its codewords, a bit that is
-almost always 0 or 1 carries no information, and a few large groups of identical codes mean
-many database items cannot be told apart by the search.
+Pure NumPy on host codes; each function states its shapes. This is the one copy of these
+computations: the retrieval evaluator (so `report.json`) and `analysis.evaluation` call it.
+Collapse shows here first: a PQ codebook whose usage entropy is far below log2(K) bits wastes
+its codewords, a bit that is almost always 0 or 1 carries no information, and a few large
+groups of identical codes mean many database items cannot be told apart by the search.
 """
 
 import numpy as np
@@ -91,7 +92,7 @@ def code_group_sizes(codes) -> np.ndarray:
 
     Returns:
       `[G]` int64 group sizes in descending order: G distinct codes, summing to N; the first
-      is the largest group (`dpq_jax.evaluators.retrieval.code_group_stats` gives G and it).
+      is the largest group (`code_group_stats` gives G and it).
 
     Example:
       >>> code_group_sizes(np.array([[0, 1], [2, 3], [0, 1], [0, 1]])).tolist()
@@ -100,6 +101,68 @@ def code_group_sizes(codes) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.shape[0] == 0:
         return np.zeros(0, np.int64)
-    rows = codes.reshape(codes.shape[0], -1)
-    _, counts = np.unique(rows, axis=0, return_counts=True)
+    rows = np.ascontiguousarray(codes.reshape(codes.shape[0], -1))
+    if rows.shape[1] == 0:
+        return np.array([rows.shape[0]], np.int64)
+    # One opaque item per row: np.unique then sorts the rows' bytes (faster than axis=0).
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, counts = np.unique(keys, return_counts=True)
     return np.sort(counts.astype(np.int64))[::-1]
+
+
+def code_group_stats(codes) -> tuple[int, int]:
+    """Groups of identical codes: how many distinct codes, and the size of the largest group.
+
+    Args:
+      codes: `[N, ...]` stored codes of one head (PQ codes `[N, M]`, 0/1 bits `[N, b]`).
+
+    Returns:
+      `(distinct, largest)`: the number of distinct rows and the largest number of identical
+      rows; `(0, 0)` for an empty database.
+
+    Example:
+      >>> code_group_stats(np.array([[0, 1], [2, 3], [0, 1]], np.uint8))
+      (2, 2)
+    """
+    sizes = code_group_sizes(codes)
+    return int(sizes.size), int(sizes[0]) if sizes.size else 0
+
+
+def code_usage(codes, code_type: str, codebook_size: int | None = None) -> dict:
+    """How one head's database codes use the code space, as JSON-ready per-codebook lists.
+
+    Args:
+      codes: `[N, M]` PQ codes in `[0, K)` (`code_type="pq"`) or `[N, b]` 0/1 bits
+        (`code_type="binary"`).
+      code_type: `"pq"` or `"binary"`.
+      codebook_size: K of PQ codes (None: the largest code + 1, a lower bound).
+
+    Returns:
+      PQ: `codebook_size` K, `used_codewords` (`[M]` ints: codewords used by at least one
+      item), `usage_entropy_bits` (`[M]` floats, `usage_entropy`, at most
+      `max_entropy_bits` = log2 K). Binary: `ones_fraction` (`[b]` floats, `bit_balance`).
+
+    Raises:
+      ValueError: an unknown code type, or codes of the wrong shape or range.
+
+    Example:
+      >>> usage = code_usage(np.array([[0, 1], [0, 3], [1, 3], [0, 3]]), "pq", 4)
+      >>> usage["used_codewords"], [round(h, 4) for h in usage["usage_entropy_bits"]]
+      ([2, 2], [0.8113, 0.8113])
+      >>> code_usage(np.array([[1, 0], [1, 1]]), "binary")
+      {'ones_fraction': [1.0, 0.5]}
+    """
+    if code_type == "binary":
+        return {"ones_fraction": [float(f) for f in bit_balance(codes)]}
+    if code_type != "pq":
+        raise ValueError(f"code_type must be 'pq' or 'binary', got {code_type!r}.")
+    codes = np.asarray(codes)
+    if codebook_size is None:
+        codebook_size = int(codes.max()) + 1 if codes.size else 1
+    counts = codeword_counts(codes, codebook_size)
+    return {
+        "codebook_size": int(codebook_size),
+        "max_entropy_bits": float(np.log2(codebook_size)),
+        "used_codewords": [int(n) for n in (counts > 0).sum(axis=1)],
+        "usage_entropy_bits": [float(h) for h in usage_entropy(counts)],
+    }

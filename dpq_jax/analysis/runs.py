@@ -13,7 +13,8 @@ record per write: `{"step", "time", <name>: value, ...}`), `splits/<protocol>_se
 
 Every row of a results table carries its protocol, split sizes and metric conventions, so a
 number is never separated from how it was measured. Lists of dicts load into pandas with
-`pandas.DataFrame(rows)` when wanted; this module does not need it.
+`pandas.DataFrame(rows)` when wanted; this module does not need it. Workdirs may be local or
+URIs such as `gs://bucket/run` (`dpq_jax.io_utils.as_path`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from dpq_jax import io_utils
 
 REPORT_FILE = "report.json"
 CONFIG_FILE = "config.json"
@@ -98,7 +101,7 @@ class Run:
 
 def _read_json(path: str, what: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.as_path(path).open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise RunError(
@@ -125,7 +128,7 @@ def read_history(path: str) -> dict[int, dict[str, Any]]:
       RunError: a damaged line other than the last.
     """
     merged: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
+    with io_utils.as_path(path).open(encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
     for number, line in enumerate(lines, start=1):
         try:
@@ -157,20 +160,20 @@ def load_run(workdir: str, name: str | None = None, *, load_splits: bool = True)
     Raises:
       RunError: no such folder, no `config.json` (not a training workdir), damaged JSON.
     """
-    workdir = os.path.abspath(os.fspath(workdir))
-    if not os.path.isdir(workdir):
+    workdir = io_utils.abspath(os.fspath(workdir))
+    if not io_utils.as_path(workdir).is_dir():
         raise RunError(f"{workdir} is not a folder; pass the --workdir of a dpq-train run.")
     config_path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(config_path):
+    if not io_utils.as_path(config_path).exists():
         raise RunError(
             f"{workdir} holds no {CONFIG_FILE}: it is not a dpq_jax training workdir. Pass the "
             "--workdir of a dpq-train run."
         )
     config = _read_json(config_path, "config")
     report_path = os.path.join(workdir, REPORT_FILE)
-    report = _read_json(report_path, "report") if os.path.exists(report_path) else None
+    report = _read_json(report_path, "report") if io_utils.as_path(report_path).exists() else None
     metrics_path = os.path.join(workdir, METRICS_FILE)
-    history = read_history(metrics_path) if os.path.exists(metrics_path) else {}
+    history = read_history(metrics_path) if io_utils.as_path(metrics_path).exists() else {}
     splits = None
     if load_splits:
         from dpq_jax.data import protocols
@@ -193,7 +196,12 @@ def unique_names(workdirs: Sequence[str]) -> list[str]:
       >>> unique_names(["a/x/run", "b/x/run", "c/other"])
       ['a/x/run', 'b/x/run', 'other']
     """
-    parts = [os.path.normpath(os.path.abspath(w)).split(os.sep) for w in workdirs]
+    parts = [
+        io_utils.abspath(w).split("/")
+        if io_utils.is_remote(w)
+        else os.path.normpath(os.path.abspath(w)).split(os.sep)
+        for w in workdirs
+    ]
     depth = [1] * len(parts)
     while True:
         names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]

@@ -30,6 +30,11 @@ GB of JPEG on disk, decoded at about 1-2 ms per image.
 
 Every problem with the source data (missing folder, wrong layout, truncated file, unreadable
 image, label out of range) raises ValueError naming the file and what was expected.
+
+Paths: `data_dir` and `source_dir` may be local or URIs (`gs://...`, `io_utils.as_path`); TFDS
+writes and reads a remote data_dir itself, and the image cache goes through `io_utils`. A
+release reader gets its `root` as a `pathlib.Path` (local) or an `etils.epath.Path` (remote),
+so it must open files with `path.open()` / `path.read_bytes()`, never the builtin `open`.
 """
 
 import base64
@@ -147,7 +152,7 @@ def load_pickle(path: pathlib.Path, what: str, expected: str):
       ValueError: missing, truncated or foreign file; the message names it.
     """
     try:
-        with open(path, "rb") as f:
+        with io_utils.as_path(path).open("rb") as f:
             return _NumpyUnpickler(f, encoding="latin1").load()
     except FileNotFoundError as e:
         raise ValueError(f"{what}: missing file {path}; expected {expected}.") from e
@@ -259,7 +264,7 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         keep_arrays: bool | None = False,
         **kwargs,
     ):
-        self._source_dir = None if source_dir is None else pathlib.Path(source_dir)
+        self._source_dir = None if source_dir is None else io_utils.as_path(source_dir)
         self._manual_dir = None
         self.keep_arrays = keep_arrays
         self.kept: dict[str, np.ndarray] | None = None
@@ -339,7 +344,9 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         config = download_config or tfds.download.DownloadConfig()
         config = dataclasses.replace(config, try_download_gcs=False)
-        self._manual_dir = None if config.manual_dir is None else pathlib.Path(config.manual_dir)
+        self._manual_dir = (
+            None if config.manual_dir is None else io_utils.as_path(config.manual_dir)
+        )
         super().download_and_prepare(download_config=config, **kwargs)
 
     def candidate_dirs(self) -> list[pathlib.Path]:
@@ -350,8 +357,8 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self._manual_dir is not None:
             return [self._manual_dir / s for s in sub] + [self._manual_dir]
         manual = self.data_dir_root / "downloads" / "manual"
-        found = [pathlib.Path(manual / s) for s in sub]
-        return found + [pathlib.Path(d) for d in self.DEFAULT_SOURCE_DIRS]
+        found = [io_utils.as_path(manual / s) for s in sub]
+        return found + [io_utils.as_path(d) for d in self.DEFAULT_SOURCE_DIRS]
 
     def find_source_dir(self) -> pathlib.Path | None:
         """The first candidate folder with a valid layout, or None."""
@@ -656,7 +663,7 @@ def _in_memory_images(builder, names, lazy: LazyImages, meta) -> np.ndarray:
         images = np.concatenate([kept[n] for n in names])
         _write_cache(builder, images, meta)
         return images
-    cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
+    cache = io_utils.as_path(builder.data_dir) / _CACHE_NAME
     if cache.exists():
         try:
             data, _ = io_utils.read_npz(cache, what="image cache", fix="It is rebuilt.")
@@ -672,7 +679,7 @@ def _in_memory_images(builder, names, lazy: LazyImages, meta) -> np.ndarray:
 
 
 def _write_cache(builder, images: np.ndarray, meta) -> None:
-    cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
+    cache = io_utils.as_path(builder.data_dir) / _CACHE_NAME
     try:
         io_utils.write_npz(
             cache, {"images": images, "source_sha256": np.array(meta["source_sha256"])}

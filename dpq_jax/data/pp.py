@@ -7,7 +7,8 @@ A spec is `|`-separated op calls with Python-literal arguments, for example
 Every op works on one NumPy image `[H, W, C]` and takes a `np.random.Generator` (random ops
 draw from it, the others ignore it), so the pipeline controls all randomness per example.
 
-Ops: `resize(h, w)` (PIL bilinear), `random_crop(h, w, pad=0)`, `center_crop(h, w)`,
+Ops: `resize(h, w)` or `resize(s)` (PIL bilinear; one size: shorter side, as torchvision's
+`Resize(s)`), `random_crop(h, w, pad=0)`, `center_crop(h, w)`,
 `flip_lr(p=0.5)`, `value_range(lo, hi, in_lo=0, in_hi=255)`, `normalize(mean, std)`.
 Add one with `@register_op("name")` on a factory `(*args) -> fn(image, rng) -> image`.
 
@@ -50,17 +51,38 @@ def _need_rng(op: str, rng) -> np.random.Generator:
     return rng
 
 
+def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The `(H, W)` of torchvision's `Resize(size)` with an int: the shorter side becomes
+    `size`, the longer `int(size * long / short)` (truncated, as torchvision rounds).
+
+    Example:
+      >>> short_side_size(250, 180, 120)  # a portrait face crop
+      (166, 120)
+    """
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
 @register_op("resize")
-def resize(h: int, w: int) -> Op:
+def resize(h: int, w: int | None = None) -> Op:
     """Resizes to `h x w` with PIL's bilinear filter (antialiased when shrinking).
 
-    uint8 input stays uint8 (PIL mode "L", rounded); other input is resized as float32
-    (mode "F"). Each channel is resized on its own.
+    With one argument, `resize(s)` is torchvision's `Resize(s)`: the shorter side becomes `s`
+    and the aspect ratio is kept (`short_side_size`); an image already of that size is left
+    as it is. uint8 input stays uint8 (PIL mode "L", rounded); other input is resized as
+    float32 (mode "F"). Each channel is resized on its own.
     """
-    _positive_ints("resize", h=h, w=w)
+    if w is None:
+        _positive_ints("resize", size=h)
+    else:
+        _positive_ints("resize", h=h, w=w)
 
     def fn(image, rng=None):
         del rng
+        out_h, out_w = (h, w) if w is not None else short_side_size(*image.shape[:2], h)
+        if w is None and (out_h, out_w) == image.shape[:2]:
+            return image  # as torchvision: no resampling when the size already matches
         if image.dtype == np.uint8:
             mode, dtype = "L", np.uint8
         else:
@@ -68,7 +90,7 @@ def resize(h: int, w: int) -> Op:
         channels = [
             np.asarray(
                 Image.fromarray(np.ascontiguousarray(image[..., c], dtype), mode).resize(
-                    (w, h), Image.Resampling.BILINEAR
+                    (out_w, out_h), Image.Resampling.BILINEAR
                 )
             )
             for c in range(image.shape[-1])

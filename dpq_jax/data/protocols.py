@@ -135,8 +135,9 @@ class Splits:
         return f"{self.protocol} seed={self.seed}: {counts}"
 
     def save(self, path: str | pathlib.Path) -> None:
-        """Writes the arrays, protocol, seed and checksum to a `.npz` file (atomically)."""
-        path = pathlib.Path(path)
+        """Writes the arrays, protocol, seed and checksum to a `.npz` file (atomically); `path`
+        may be local or a URI (`gs://...`)."""
+        path = io_utils.as_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         io_utils.write_npz(
             path,
@@ -158,7 +159,7 @@ class Splits:
           ValueError: unreadable, foreign (not a dpq_jax split file) or corrupt (checksum
             mismatch or broken invariants) file; the message names the path.
         """
-        path = pathlib.Path(path)
+        path = io_utils.as_path(path)
         contents, _ = io_utils.read_npz(
             path, what="split file", fix="Delete it to recompute the splits."
         )
@@ -987,9 +988,9 @@ def _takes_partition(fn) -> bool:
         return False
 
 
-def split_path(split_dir: str | pathlib.Path, protocol: str, seed: int) -> pathlib.Path:
-    """`<split_dir>/<protocol>_seed<seed>.npz`."""
-    return pathlib.Path(split_dir) / f"{protocol}_seed{int(seed)}.npz"
+def split_path(split_dir: str | pathlib.Path, protocol: str, seed: int) -> io_utils.AnyPath:
+    """`<split_dir>/<protocol>_seed<seed>.npz` (`split_dir` local or a URI, `io_utils.as_path`)."""
+    return io_utils.as_path(split_dir) / f"{protocol}_seed{int(seed)}.npz"
 
 
 def get_splits(

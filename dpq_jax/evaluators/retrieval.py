@@ -8,7 +8,11 @@ protocol), `query_side` ("" = the method's default), `map_ks`, `precision_ks`, `
 codes), `hamming_packing` (binary codes: `"bits"`, the correct 0/1 packing, or
 `"legacy_compactbit"`, the DDH / DCBH packing bug, for parity with their published numbers
 only; `dpq_jax.search.legacy`), `log_steps` (0: only at the end), `final` (run on the selected
-checkpoint for the report).
+checkpoint for the report), `recall_ks` (optional: recall@K = relevant items in the top K /
+relevant items in the database, keys `r@K`), `real_valued` (optional, default False: also rank
+the method's real-valued descriptors, `Method.real_descriptors`, by Euclidean distance and log
+the same metrics as `real_map@all`, `real_p@K`, ... next to the codes' numbers, so a report row
+holds both).
 
 Numbers are named `<name>/map@all`, `<name>/p@5`, ... for a model with one code length. A
 model with several (`config.model.bits = (12, 24, 36, 48)`) gets `<name>/<bits>bit/map@all`
@@ -18,7 +22,9 @@ Every run also logs the code groups of each head's database codes: `<prefix>/dis
 (how many different codes the database holds) and `<prefix>/largest_code_group` (the most
 items sharing one code). A network that collapses (hashing references end with a few
 hundred distinct codes for 60,000 items) shows there first. They are not averaged over the
-code lengths.
+code lengths. The per-codebook usage of the last run (`last_code_usage`, per code length:
+codewords used and usage entropy per codebook for PQ codes, the fraction of ones per bit for
+binary codes; `dpq_jax.analysis.code_stats.code_usage`) goes into the report.
 """
 
 import jax
@@ -26,37 +32,12 @@ import numpy as np
 from flax import nnx
 
 from dpq_jax import encode
+from dpq_jax.analysis.code_stats import code_group_stats, code_usage
 from dpq_jax.methods import base
 from dpq_jax.metrics import retrieval as metrics_lib
 from dpq_jax.search import kernels, legacy
 
 CODE_STATS = ("distinct_codes", "largest_code_group")  # per head; never averaged over heads
-
-
-def code_group_stats(codes) -> tuple[int, int]:
-    """Groups of identical codes: how many distinct codes, and the size of the largest group.
-
-    Args:
-      codes: `[N, ...]` stored codes of one head (PQ codes `[N, M]`, 0/1 bits `[N, b]`).
-
-    Returns:
-      `(distinct, largest)`: the number of distinct rows and the largest number of identical
-      rows; `(0, 0)` for an empty database.
-
-    Example:
-      >>> code_group_stats(np.array([[0, 1], [2, 3], [0, 1]], np.uint8))
-      (2, 2)
-    """
-    codes = np.asarray(codes)
-    if codes.shape[0] == 0:
-        return 0, 0
-    rows = np.ascontiguousarray(codes.reshape(codes.shape[0], -1))
-    if rows.shape[1] == 0:
-        return 1, int(rows.shape[0])
-    # One opaque item per row: sorting them compares the rows' bytes.
-    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
-    _, counts = np.unique(keys, return_counts=True)
-    return int(counts.size), int(counts.max())
 
 
 def legacy_hamming_source(query_bits, db_bits) -> metrics_lib.ScoreSource:
@@ -121,6 +102,12 @@ class RetrievalEvaluator:
             )
         self.code_lengths = tuple(code_lengths)
         self.final = bool(cfg.get("final", False))
+        self.real_valued = bool(cfg.get("real_valued", False))
+        if self.real_valued and type(method).real_descriptors is base.Method.real_descriptors:
+            raise ValueError(
+                f"config.evals.{name}.real_valued is set, but method {method.name!r} has no "
+                "real-valued descriptors (Method.real_descriptors); set it to False."
+            )
         self.source, self.mesh = source, mesh
         self.pp_spec, self.batch_size = pp_spec, batch_size
         self.query_indices = np.asarray(getattr(splits, cfg.query))
@@ -151,7 +138,10 @@ class RetrievalEvaluator:
         }
         if method.code_type == "binary":
             self.conventions["hamming_packing"] = self.hamming_packing
+        if self.real_valued:
+            self.conventions["real_valued"] = "real_* metrics: Euclidean, real-valued descriptors"
         self.last_curves: dict[int, tuple] = {}  # bits -> (precision, recall) of the last run
+        self.last_code_usage: dict[int, dict] = {}  # bits -> `code_stats.code_usage` of it
 
     @property
     def multi_head(self) -> bool:
@@ -189,8 +179,11 @@ class RetrievalEvaluator:
             source = self._source(query, codes, head, base.head_params(params, head))
             prefix = self.metric_prefix(bits)
             metrics.update(self._score(source, prefix=prefix, bits=bits))
+            if self.real_valued:
+                metrics.update(self._score_real(query, database, head, prefix))
             for key, value in zip(CODE_STATS, code_group_stats(codes), strict=True):
                 metrics[f"{prefix}/{key}"] = float(value)
+            self.last_code_usage[bits] = self._code_usage(codes, params, head)
         if self.multi_head:  # the mean over code lengths, for checkpoint selection
             first = self.metric_prefix(self.code_lengths[0]) + "/"
             keys = [k.removeprefix(first) for k in metrics if k.startswith(first)]
@@ -198,6 +191,27 @@ class RetrievalEvaluator:
                 values = [metrics[f"{self.metric_prefix(b)}/{key}"] for b in self.code_lengths]
                 metrics[f"{self.name}/{key}"] = float(np.mean(values))
         return metrics
+
+    def _score_real(self, query, database, head, prefix) -> dict[str, float]:
+        """One head's real-valued descriptors ranked by Euclidean distance: `<prefix>/real_*`."""
+        q = self.method.real_descriptors(query, head)
+        db = self.method.real_descriptors(database, head)
+        if q is None or db is None:
+            raise ValueError(
+                f"config.evals.{self.name}.real_valued is set, but method {self.method.name!r} "
+                "gave no real-valued descriptors for its outputs; set it to False."
+            )
+        source = metrics_lib.dense_source(q, db, metric="neg_l2")
+        scored = self._score(source, prefix=prefix, bits=None)
+        return {f"{prefix}/real_{k.removeprefix(prefix + '/')}": v for k, v in scored.items()}
+
+    def _code_usage(self, codes, params, head) -> dict:
+        """Per-codebook usage (PQ: K from the head's `[M, K, d]` codebooks) or per-bit balance."""
+        head_params = base.head_params(params, head)
+        codebook_size = None
+        if self.method.code_type == "pq" and head_params is not None:
+            codebook_size = int(np.shape(head_params)[1])
+        return code_usage(codes, self.method.code_type, codebook_size)
 
     def _source(self, query, codes, head, params):
         """The score source of one head: the method's, or Hamming on legacy bytes."""
@@ -233,6 +247,7 @@ class RetrievalEvaluator:
             self.db_labels,
             map_ks=tuple(self.cfg.map_ks),
             precision_ks=tuple(self.cfg.precision_ks),
+            recall_ks=tuple(self.cfg.get("recall_ks", ())),
             radius=radius if radius >= 0 else None,
             denominator=self.cfg.denominator,
             **options,

@@ -31,15 +31,20 @@ from flax import nnx
 from dpq_jax.losses.margin import check_labels, subspace_cosface
 from dpq_jax.losses.quantization import assignment_entropy
 from dpq_jax.methods import base
-from dpq_jax.quantizers.opqn import OrthoPQHead, hard_codes, probability_lut
+from dpq_jax.quantizers.opqn import (
+    OrthoPQHead,
+    hard_codes,
+    probability_lut,
+    torch_xavier_uniform,
+)
 from dpq_jax.quantizers.pq import soft_quantize, split_subvectors
 from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# OPQN code lengths with K = 256 codewords per book and D = M·K (so d = K: every codebook is
-# a full orthonormal basis of its subspace; the 112×112 regime of OPQN, METHODS §1.1).
+# This project's shapes for the small ORL / Fashion-MNIST comparisons: K = 256 codewords per
+# book and D = M·K (so d = K). Not the reference's table: see `REFERENCE_SHAPES`.
 BITS_TO_MK = {16: (2, 256), 24: (3, 256), 32: (4, 256), 48: (6, 256), 64: (8, 256)}
 
 
@@ -53,6 +58,48 @@ def pq_shape(bits: int) -> tuple[int, int]:
     if bits not in BITS_TO_MK:
         raise ValueError(f"bits={bits} not supported; choose one of {sorted(BITS_TO_MK)}.")
     return BITS_TO_MK[bits]
+
+
+# The reference's (M, K, D) per code length and input size (METHODS §1.1; `opqn_main.py`, whose
+# README trains `--len 36 --num 6 --words 64` and evaluates `--len 16 24 36 --num 2 4 6
+# --words 256 64 64`, adding `-c` for the unseen protocol). 32×32 models: D = 512, 516 at 36
+# bits (so that 6 divides it). 112×112 models (VGGFace2 and the unseen protocol): D = M·K, so
+# each codebook is a full orthonormal basis (d = K). 48 bits is the (8, 64) of METHODS §1.1;
+# 64 bits (VGGFace2 checkpoints) is not spelt out by the reference: (8, 256) with D = 2048 is
+# the shape METHODS §1.1 gives for it (K <= d rules out 8×256 at D = 512).
+REFERENCE_SHAPES = {
+    32: {16: (2, 256, 512), 24: (4, 64, 512), 36: (6, 64, 516), 48: (8, 64, 512)},
+    112: {
+        16: (2, 256, 512),
+        24: (4, 64, 256),
+        36: (6, 64, 384),
+        48: (8, 64, 512),
+        64: (8, 256, 2048),
+    },
+}
+
+
+def reference_shape(bits: int, input_size: int) -> tuple[int, int, int]:
+    """(M, K, D) of the reference OPQN model with `bits`-bit codes on `input_size` images.
+
+    Raises:
+      ValueError: an input size or code length the reference does not train.
+
+    Example:
+      >>> reference_shape(36, 32), reference_shape(36, 112)
+      ((6, 64, 516), (6, 64, 384))
+    """
+    if input_size not in REFERENCE_SHAPES:
+        raise ValueError(
+            f"input_size={input_size}: OPQN's models take {sorted(REFERENCE_SHAPES)} pixels."
+        )
+    shapes = REFERENCE_SHAPES[input_size]
+    if bits not in shapes:
+        raise ValueError(
+            f"bits={bits} not supported at {input_size}×{input_size}; choose one of "
+            f"{sorted(shapes)}."
+        )
+    return shapes[bits]
 
 
 _field = functools.partial(base.field, what="OPQN")
@@ -72,7 +119,8 @@ class OPQNModel(nnx.Module):
     Attributes:
       backbone: the registered backbone module, `images [B, H, W, C] -> [B, D]` float32.
       head: `OrthoPQHead(D, num_codebooks=M, codebook_size=K)`.
-      classifier: `nnx.Param [M, C, d]`, Xavier-uniform per subspace (fan_in d, fan_out C).
+      classifier: `nnx.Param [M, C, d]`, torch's Xavier-uniform on the whole tensor (as the
+        reference's `weight`): `U(-a, a)`, `a = sqrt(6 / (C d + M d))`.
     """
 
     def __init__(
@@ -130,9 +178,9 @@ class OPQNModel(nnx.Module):
             method="OPQN",
         )
         dim = embedding_dim // num_codebooks
-        init = jax.nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2, batch_axis=(0,))
+        # The reference's `weight [M, C, d]` under torch's Xavier fans (C d in, M d out).
         self.classifier = nnx.Param(
-            init(rngs.params(), (num_codebooks, num_classes, dim), jnp.float32)
+            torch_xavier_uniform()(rngs.params(), (num_codebooks, num_classes, dim), jnp.float32)
         )  # [M, C, d]
         self.num_codebooks = num_codebooks
 

@@ -34,6 +34,36 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _NORM_EPS = 1e-12
 
 
+def torch_xavier_uniform(gain: float = 1.0) -> jax.nn.initializers.Initializer:
+    """`torch.nn.init.xavier_uniform_` as a JAX initializer, fans read as torch reads them.
+
+    Torch takes `fan_in = shape[1] * receptive` and `fan_out = shape[0] * receptive` with
+    `receptive = prod(shape[2:])`, so on OPQN's 3-D tensors the fans include the third axis:
+    A `[M, d, K]` gets `U(-a, a)` with `a = sqrt(6 / (d K + M K))`, the classifier `[M, C, d]`
+    `a = sqrt(6 / (C d + M d))`. (A per-subspace Xavier, `sqrt(6 / (d + K))`, is 6-12 times
+    wider at OPQN's sizes.)
+
+    Args:
+      gain: torch's `gain`.
+
+    Returns:
+      `init(key, shape, dtype)`, U(-a, a) with `a = gain * sqrt(6 / (fan_in + fan_out))`.
+
+    Example:
+      >>> w = torch_xavier_uniform()(jax.random.key(0), (2, 3))
+      >>> bool(jnp.abs(w).max() <= (6 / (3 + 2)) ** 0.5)
+      True
+
+    References:
+      OPQN `margin_metric.py` (`OrthoPQ`: `nn.init.xavier_uniform_` on `weight [M, C, d]` and
+      `mlp [M, d, K]`); torch `nn/init.py` (`_calculate_fan_in_and_fan_out`).
+    """
+    # jax's receptive field is the product of the axes other than in/out: torch's prod(shape[2:]).
+    return jax.nn.initializers.variance_scaling(
+        gain**2, "fan_avg", "uniform", in_axis=1, out_axis=0
+    )
+
+
 def _check_sub(x_sub, assign) -> None:
     if x_sub.ndim != 3 or assign.ndim != 3 or x_sub.shape[1:] != assign.shape[:2]:
         raise ValueError(
@@ -154,7 +184,8 @@ class OrthoPQHead(nnx.Module):
     """OPQN quantization layer: `p_m = softmax(x_m A_m)`, `s_m = C_m p_m`, fixed orthonormal C_m.
 
     Attributes:
-      assign: `nnx.Param [M, d, K]`, Xavier-uniform per subspace (fan_in d, fan_out K).
+      assign: `nnx.Param [M, d, K]`, torch's Xavier-uniform on the whole `[M, d, K]` tensor
+        (as the reference's `mlp`): `U(-a, a)`, `a = sqrt(6 / (d K + M K))`.
       codebooks: `FixedCodebook [M, K, d]`, rows orthonormal per book.
 
     References:
@@ -200,9 +231,8 @@ class OrthoPQHead(nnx.Module):
         self.codebooks = FixedCodebook(
             make_codebooks(codebook_init, num_codebooks, codebook_size, dim, seed)
         )  # [M, K, d]
-        init = jax.nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
         self.assign = nnx.Param(
-            init(rngs.params(), (num_codebooks, dim, codebook_size), jnp.float32)
+            torch_xavier_uniform()(rngs.params(), (num_codebooks, dim, codebook_size), jnp.float32)
         )  # [M, d, K]
 
     def __call__(self, feats: Float[Array, "B D"]) -> QuantizerOutput:

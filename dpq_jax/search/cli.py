@@ -28,7 +28,8 @@ the database item's name and label. The index file is a
 
 Safety: `--output` is checked before any work: it may not be a folder, lie in a missing folder,
 be one of the inputs (`--index`, `--database`, `--queries`), or be one of the training run's
-own files in the workdir. Outputs are written to a temporary file and renamed, so a crash never
+own files in the workdir. `--workdir`, `--index` and `--output` may be URIs such as
+`gs://bucket/run` (image sources are local); in object storage any prefix is a folder. Outputs are written to a temporary file and renamed, so a crash never
 leaves a half-written file or destroys the previous one. An index is bound to the exact
 checkpoint that built it; a damaged checkpoint is refused. Known problems print one line,
 `dpq-search: error: ...`, and exit with status 1.
@@ -87,6 +88,13 @@ class Items:
 
 
 def _path_items(spec: str, channels: int, relative: bool) -> Items:
+    from dpq_jax import io_utils
+
+    if io_utils.is_remote(spec):
+        raise ValueError(
+            f"{spec!r}: image sources are read from local paths; copy the images to a local "
+            "folder first (e.g. gcloud storage cp -r), or use dataset:... or tfds:...."
+        )
     root = pathlib.Path(spec)
     if root.is_file():
         files, base = [root], None
@@ -363,32 +371,46 @@ def check_output(output: str, *, inputs: Sequence[tuple[str, str | None]], workd
       ValueError: `output` is a folder, lies in a missing folder, is an input, or is one of
         the training run's files.
     """
-    path = pathlib.Path(output)
+    from dpq_jax import io_utils
+
+    path = io_utils.as_path(output)
+    remote = io_utils.is_remote(output)
     if path.is_dir():
         raise ValueError(
             f"--output {output!r} is a folder; give a file name, e.g. --output={path / 'out'}."
         )
     parent = path.parent
-    if not parent.is_dir():
+    if not remote and not parent.is_dir():
         raise ValueError(
             f"--output {output!r}: folder {str(parent)!r} does not exist; create it first "
             f"(mkdir -p {parent}) or write elsewhere."
         )
-    real = os.path.realpath(path)
+    real = io_utils.abspath(output) if remote else os.path.realpath(path)
     for flag, value in inputs:
         if value is None or value.startswith(("dataset:", "tfds:")):
             continue
-        same = os.path.realpath(value) == real
-        if not same and path.exists() and os.path.exists(value):
-            same = os.path.samefile(value, path)  # hard links
+        if remote or io_utils.is_remote(value):
+            same = io_utils.is_remote(value) and io_utils.abspath(value) == real
+        else:
+            same = os.path.realpath(value) == real
+            if not same and path.exists() and os.path.exists(value):
+                same = os.path.samefile(value, path)  # hard links
         if same:
             raise ValueError(
                 f"--output {output!r} is also the input {flag}={value}; writing it would destroy "
                 "that input. Write to another file."
             )
-    root = os.path.realpath(workdir)
-    if os.path.commonpath([root, real]) == root and real != root:
-        inside = pathlib.PurePath(os.path.relpath(real, root))
+    if remote != io_utils.is_remote(workdir):
+        return  # one local, one in object storage: the output cannot be a run file
+    root = io_utils.abspath(workdir) if remote else os.path.realpath(workdir)
+    if remote:
+        inside = real[len(root) + 1 :] if real.startswith(root + "/") else None
+    elif os.path.commonpath([root, real]) == root and real != root:
+        inside = os.path.relpath(real, root)
+    else:
+        inside = None
+    if inside is not None:
+        inside = pathlib.PurePosixPath(inside)
         name = inside.name.lower()
         if inside.parts[0] in RUN_FOLDERS or (
             len(inside.parts) == 1 and (name in RUN_FILES or "lock" in name)

@@ -12,14 +12,14 @@ code length, sizes, the dtype, shape and sha256 of every array as stored, and an
 `extra` dict of the caller's own JSON metadata (`load_index_metadata`). `load_index`
 checks all of it, so a truncated, corrupt, tampered, foreign or too-new file raises a
 ValueError that names the file and the problem. Files are written to a temporary name and
-renamed, so a crash never leaves a half-written index under the final name. K <= 16 codes are
+renamed, so a crash never leaves a half-written index under the final name. Paths may be local
+or URIs such as `gs://bucket/index.npz` (`io_utils.as_path`). K <= 16 codes are
 stored two per byte (`pack_nibbles`) by default.
 """
 
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -345,7 +345,7 @@ class PQIndex:
 
     def save(
         self, path, *, pack_4bit: bool | None = None, extra: dict | None = None
-    ) -> pathlib.Path:
+    ) -> io_utils.AnyPath:
         """Writes the index to `path` (an `.npz`; the name is used as given).
 
         Args:
@@ -537,7 +537,7 @@ class BinaryIndex:
             "packing": "uint32-little-endian",
         }
 
-    def save(self, path, *, extra: dict | None = None) -> pathlib.Path:
+    def save(self, path, *, extra: dict | None = None) -> io_utils.AnyPath:
         """Writes the index to `path` (an `.npz`); returns the path.
 
         `extra`: optional JSON-serializable dict, as for `PQIndex.save`.
@@ -582,7 +582,7 @@ def load_index_metadata(path) -> tuple[PQIndex | BinaryIndex, dict]:
     Raises:
       FileNotFoundError, ValueError: as `load_index`.
     """
-    path = pathlib.Path(path)
+    path = io_utils.as_path(path)
     arrays, meta = io_utils.read_npz(
         path, format_name=FORMAT, max_version=FORMAT_VERSION, what="index", fix="Re-export it."
     )
@@ -611,7 +611,7 @@ def load_index(path) -> PQIndex | BinaryIndex:
     return load_index_metadata(path)[0]
 
 
-def _build(path: pathlib.Path, arrays: dict[str, np.ndarray], meta: dict):
+def _build(path: io_utils.AnyPath, arrays: dict[str, np.ndarray], meta: dict):
     kind = meta.get("kind")
     if kind not in _BUILDERS:
         raise ValueError(f"Cannot load index {str(path)!r}: unknown index kind {kind!r}.")

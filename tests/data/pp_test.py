@@ -2,6 +2,7 @@
 
 import numpy as np
 from absl.testing import absltest, parameterized
+from PIL import Image
 
 from dpq_jax.data import pp
 
@@ -45,6 +46,42 @@ class ResizeTest(parameterized.TestCase):
         got_f = pp.resize(*shape_out)(x.astype(np.float32))
         self.assertEqual(got_f.dtype, np.float32)
         np.testing.assert_allclose(got_f, want, atol=1e-3)
+
+
+def _torchvision_short_side(height, width, size):
+    """torchvision `_compute_resized_output_size` for `Resize(size)` with an int, written out:
+    the shorter edge becomes `size`, the longer one `int(size * long / short)`."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+class ResizeShortSideTest(parameterized.TestCase):
+    @parameterized.parameters(
+        ((250, 180), 120),  # portrait: (int(120 * 250 / 180), 120) = (166, 120)
+        ((180, 250), 120),  # landscape
+        ((97, 131), 120),  # enlarged: 131 * 120 / 97 = 162.06 -> 162
+        ((35, 29), 32),  # 35 * 32 / 29 = 38.62 -> 38 (truncated, not rounded)
+        ((40, 40), 35),
+    )
+    def test_matches_pil_twin(self, shape_in, size):
+        rng = np.random.default_rng(1)
+        x = rng.integers(0, 256, (*shape_in, 3), dtype=np.uint8)
+        out_h, out_w = _torchvision_short_side(*shape_in, size)
+        self.assertEqual(pp.short_side_size(*shape_in, size), (out_h, out_w))
+        self.assertEqual(min(out_h, out_w), size)
+        # Twin: one PIL bilinear resize of the whole RGB image, as torchvision does on a PIL one.
+        want = np.asarray(Image.fromarray(x).resize((out_w, out_h), Image.Resampling.BILINEAR))
+        got = pp.build(f"resize({size})")(x)
+        self.assertEqual(got.shape, (out_h, out_w, 3))
+        np.testing.assert_array_equal(got, want)
+        got_f = pp.resize(size)(x.astype(np.float32))
+        np.testing.assert_allclose(got_f, _bilinear_reference(x, out_h, out_w), atol=1e-3)
+
+    def test_already_at_size_is_untouched(self):
+        x = np.random.default_rng(2).integers(0, 256, (120, 150, 3), dtype=np.uint8)
+        self.assertIs(pp.resize(120)(x), x)  # torchvision returns the image itself
+        self.assertEqual(pp.resize(112)(x).shape, (112, 140, 3))
 
 
 class CropFlipTest(parameterized.TestCase):
@@ -135,7 +172,9 @@ class BuildTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, "cannot parse"):
             pp.build("resize(h)")
         with self.assertRaisesRegex(ValueError, "pp op resize: bad arguments"):
-            pp.build("resize(8)")
+            pp.build("resize(8,8,8)")
+        with self.assertRaisesRegex(ValueError, "pp op resize: size must be a positive int"):
+            pp.build("resize(0)")
         with self.assertRaisesRegex(ValueError, "positive int"):
             pp.build("center_crop(0,2)")
         with self.assertRaisesRegex(ValueError, "needs a np.random.Generator"):

@@ -1,11 +1,13 @@
 """Tests for dpq_jax.data.protocols: split invariants, counts, seeding, split files."""
 
+import dataclasses
 import hashlib
 import pathlib
 
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from dpq_jax import train as train_lib
 from dpq_jax.data import protocols
 
 # ORL-shaped labels, but shuffled, so the splits must group by label and not by position.
@@ -14,8 +16,17 @@ LABELS = np.random.default_rng(7).permutation(np.repeat(np.arange(40), 10))
 # protocol -> (expected sizes, per-identity counts as {split: {identities: images}}).
 EXPECTED = {
     "orl_seen": {"train": 240, "val_query": 40, "val_database": 240, "query": 120, "database": 280},
-    "orl_unseen": {"train": 270, "val_query": 30, "val_database": 270, "query": 30, "database": 70},
+    "orl_unseen": {"train": 240, "val_query": 18, "val_database": 42, "query": 30, "database": 70},
 }
+
+
+@dataclasses.dataclass
+class _Source:
+    """A stand-in data source whose "images" are their own indices."""
+
+    labels: np.ndarray
+    images: np.ndarray = dataclasses.field(default_factory=lambda: np.arange(400))
+    num_classes: int = 40
 
 
 def _per_identity(indices):
@@ -31,7 +42,10 @@ class ProtocolsTest(parameterized.TestCase):
         got = {k: v.size for k, v in splits.arrays().items()}
         self.assertEqual(got, EXPECTED[name])
         sets = {k: set(v.tolist()) for k, v in splits.arrays().items()}
-        self.assertEqual(sets["train"], sets["val_database"])
+        if name == "orl_seen":
+            self.assertEqual(sets["train"], sets["val_database"])
+        else:  # validation identities are held out of training
+            self.assertEmpty(sets["train"] & sets["val_database"])
         for a in ("train", "val_query", "database"):
             self.assertEmpty(sets["query"] & sets[a], msg=f"query overlaps {a}")
         self.assertEmpty(sets["val_query"] & sets["train"])
@@ -61,9 +75,89 @@ class ProtocolsTest(parameterized.TestCase):
         self.assertLen(held, 10)
         self.assertEqual(_per_identity(s.query), dict.fromkeys(held, 3))
         self.assertEqual(_per_identity(s.database), dict.fromkeys(held, 7))
-        seen = set(range(40)) - held
-        self.assertEqual(_per_identity(s.train), dict.fromkeys(seen, 9))
-        self.assertEqual(_per_identity(s.val_query), dict.fromkeys(seen, 1))
+        val = set(_per_identity(s.val_query))
+        self.assertLen(val, 6)
+        self.assertEqual(_per_identity(s.val_query), dict.fromkeys(val, 3))
+        self.assertEqual(_per_identity(s.val_database), dict.fromkeys(val, 7))
+        train = set(range(40)) - held - val
+        self.assertLen(train, 24)
+        self.assertEqual(_per_identity(s.train), dict.fromkeys(train, 10))
+
+    @parameterized.parameters(0, 1, 2, 3, 4)
+    def test_orl_unseen_validates_on_identities_never_trained_on(self, seed):
+        s = protocols.get_splits("orl_unseen", LABELS, seed=seed)
+        train = set(LABELS[s.train].tolist())
+        val = set(LABELS[s.val_query].tolist())
+        test = set(LABELS[s.query].tolist())
+        self.assertEqual(set(LABELS[s.val_database].tolist()), val)
+        self.assertEqual(set(LABELS[s.database].tolist()), test)
+        self.assertEqual((len(train), len(val), len(test)), (24, 6, 10))
+        self.assertEmpty(train & val)
+        self.assertEmpty(train & test)
+        self.assertEmpty(val & test)
+        # Every image is in exactly one split: a validation face is never trained on.
+        everything = np.concatenate([s.train, s.val_query, s.val_database, s.query, s.database])
+        np.testing.assert_array_equal(np.sort(everything), np.arange(400))
+        # The training source holds no image of a validation or test identity.
+        subset, num_classes = train_lib.training_subset(_Source(LABELS), s.train)
+        self.assertEqual(num_classes, 24)
+        np.testing.assert_array_equal(np.sort(subset.images), s.train)
+        self.assertEmpty(set(LABELS[subset.images].tolist()) & (val | test))
+        # Deterministic in the seed.
+        again = protocols.get_splits("orl_unseen", LABELS, seed=seed)
+        self.assertEqual(again.checksum(), s.checksum())
+        other = protocols.get_splits("orl_unseen", LABELS, seed=seed + 5)
+        self.assertNotEqual(set(LABELS[other.val_query].tolist()), val)
+
+    @parameterized.parameters(0, 1, 2, 3, 4)
+    def test_orl_unseen_test_split_is_the_earlier_one(self, seed):
+        # The earlier protocol drew the 10 unseen identities, then 3 queries per identity in
+        # identity order, first from the stream; the validation draw comes after them.
+        rng = np.random.default_rng(seed)
+        classes = np.unique(LABELS)
+        unseen = np.sort(rng.choice(classes.size, size=10, replace=False))
+        query, database = [], []
+        for c in classes[unseen]:
+            order = rng.permutation(np.flatnonzero(LABELS == c))
+            query += order[:3].tolist()
+            database += order[3:].tolist()
+        s = protocols.get_splits("orl_unseen", LABELS, seed=seed)
+        np.testing.assert_array_equal(s.query, np.sort(query))
+        np.testing.assert_array_equal(s.database, np.sort(database))
+
+    def test_orl_unseen_number_of_validation_identities(self):
+        s = protocols.Splits(
+            "orl_unseen", 1, **protocols.orl_unseen(LABELS, 1, num_val_identities=8)
+        )
+        self.assertLen(set(LABELS[s.val_query].tolist()), 8)
+        self.assertLen(set(LABELS[s.train].tolist()), 22)
+        self.assertEqual((s.val_query.size, s.val_database.size, s.train.size), (24, 56, 220))
+        default = protocols.get_splits("orl_unseen", LABELS, seed=1)
+        np.testing.assert_array_equal(s.query, default.query)  # the test split does not move
+        with self.assertRaisesRegex(ValueError, "needs num_val_identities >= 1; got 0"):
+            protocols.orl_unseen(LABELS, 0, num_val_identities=0)
+        with self.assertRaisesRegex(ValueError, "10 test and 30 validation identities"):
+            protocols.orl_unseen(LABELS, 0, num_val_identities=30)
+
+    @parameterized.parameters(0, 1, 2, 3, 4)
+    def test_faces_unseen_validates_on_held_out_source_identities(self, seed):
+        source = np.repeat(np.arange(60), 4)
+        labels = np.concatenate([source, np.repeat(np.arange(100, 110), 5)])
+        part = {
+            "source_cross_train": np.arange(source.size),
+            "target_train": np.flatnonzero(np.tile([1, 1, 1, 0, 0], 10)) + source.size,
+            "target_test": np.flatnonzero(np.tile([0, 0, 0, 1, 1], 10)) + source.size,
+        }
+        s = protocols.get_splits("faces_unseen", labels, seed, partition=part)
+        ids = {k: set(labels[v].tolist()) for k, v in s.arrays().items()}
+        self.assertEqual(ids["val_query"], ids["val_database"])
+        self.assertLen(ids["val_query"], 3)  # 5% of 60, one query each
+        self.assertEqual(s.val_query.size, 3)
+        self.assertEmpty(ids["train"] & ids["val_query"])
+        self.assertEmpty((ids["train"] | ids["val_query"]) & (ids["query"] | ids["database"]))
+        self.assertEqual(ids["train"] | ids["val_query"], set(range(60)))
+        again = protocols.get_splits("faces_unseen", labels, seed, partition=part)
+        self.assertEqual(again.checksum(), s.checksum())
 
     @parameterized.parameters("orl_seen", "orl_unseen")
     def test_seeded_reproducibility(self, name):

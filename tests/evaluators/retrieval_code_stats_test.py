@@ -13,7 +13,7 @@ import pytest
 
 from dpq_jax import config_lib, report
 from dpq_jax.evaluators import retrieval
-from dpq_jax.methods import dsh, opqn
+from dpq_jax.methods import dpq, dsh, kw, opqn
 from dpq_jax.metrics import reference as metrics_ref
 
 BITS = (12, 48)
@@ -179,3 +179,117 @@ def test_legacy_packing_is_refused_for_pq_methods_and_unknown_values():
         config_lib.retrieval_eval("q", "d", log_steps=0, final=True, hamming_packing="signs")
     ev, *_ = make_evaluator(opqn.METHOD, (32,))
     assert "hamming_packing" not in ev.conventions  # PQ codes are not packed bits
+
+
+def _usage_oracle(codes, code_type, codebook_size=None):
+    """NumPy oracle of one head's `code_usage`: np.unique per codebook, column means per bit."""
+    if code_type == "binary":
+        return {"ones_fraction": codes.astype(np.float64).mean(axis=0).tolist()}
+    used, entropy = [], []
+    for column in codes.T:
+        _, counts = np.unique(column, return_counts=True)
+        p = counts / counts.sum()
+        used.append(len(counts))
+        entropy.append(-(p * np.log2(p)).sum())
+    return {"K": codebook_size, "used": used, "entropy": entropy}
+
+
+def _check_usage(got, want):
+    if "ones_fraction" in want:
+        np.testing.assert_allclose(got["ones_fraction"], want["ones_fraction"], atol=1e-12)
+        return
+    assert got["codebook_size"] == want["K"]
+    assert got["max_entropy_bits"] == pytest.approx(np.log2(want["K"]))
+    assert got["used_codewords"] == want["used"]
+    np.testing.assert_allclose(got["usage_entropy_bits"], want["entropy"], atol=1e-12)
+
+
+# (method, code lengths, M or levels, K): OPQN and KW store one [N, M] code; DPQ one [N, L]
+# code whose first l columns are the l-level prefix (head l - 1).
+PQ_CASES = {
+    "opqn": (opqn.METHOD, (12,), 3, 16),
+    "kw": (kw.METHOD, (12,), 3, 16),
+    "dpq": (dpq.METHOD, (4, 8, 12), 3, 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PQ_CASES))
+def test_pq_code_usage_reaches_the_report(name):
+    method, lengths, m, k = PQ_CASES[name]
+    rng = np.random.default_rng(5)
+    n = NUM_QUERY + NUM_DB
+    # Skewed usage: book 0 uses 3 words, book 1 a geometric spread, book 2 every word.
+    codes = np.stack(
+        [
+            rng.choice([1, 4, 9], n, p=[0.6, 0.3, 0.1]),
+            np.minimum(rng.geometric(0.4, n) - 1, k - 1),
+            rng.integers(0, k, n),
+        ],
+        axis=1,
+    ).astype(np.uint8)
+    ev, labels, _, splits = make_evaluator(method, lengths)
+    ev._encode_split = lambda fn, state, indices: {"codes": (codes[np.asarray(indices)],)}
+    books = np.zeros((m, k, 4), np.float32)
+    heads = len(lengths)
+    ev._code_params = lambda state: tuple(books[: m - heads + 1 + h] for h in range(heads))
+    ev._source = lambda *args: None  # no search: the scores are other tests' business
+    ev._score = lambda source, *, prefix, bits: {f"{prefix}/map@all": 0.5}
+    metrics = ev.run(state=None)
+    db = codes[splits.database]
+    for head, bits in enumerate(lengths):
+        stored = db[:, : db.shape[1] - heads + 1 + head]  # DPQ: the prefix of head l
+        _check_usage(ev.last_code_usage[bits], _usage_oracle(stored, "pq", k))
+        assert metrics[f"{ev.metric_prefix(bits)}/distinct_codes"] == unique_oracle(stored)[0]
+    rep = _report(ev, method.name, lengths, metrics, splits)
+    for row, bits in zip(rep["results"], lengths, strict=True):
+        assert row["code_usage"] == ev.last_code_usage[bits]
+    text = report.format_report(rep)
+    cells = _last_row_cells(text)
+    want = _usage_oracle(db, "pq", k)
+    assert cells["words used"] == f"{min(want['used'])}-{max(want['used'])}/{k}"
+    assert cells["usage entropy"] == (
+        f"{min(want['entropy']):.2f}-{max(want['entropy']):.2f}/{np.log2(k):.2f} b"
+    )
+
+
+def test_binary_code_usage_reaches_the_report():
+    ev, _, codes, splits = make_evaluator(dsh.METHOD, BITS)
+    metrics = ev.run(state=None)
+    for head, bits in enumerate(BITS):
+        want = _usage_oracle(codes[head][splits.database], "binary")
+        _check_usage(ev.last_code_usage[bits], want)
+    rep = _report(ev, "dsh", BITS, metrics, splits)
+    assert [row["code_usage"] for row in rep["results"]] == [ev.last_code_usage[b] for b in BITS]
+    ones = ev.last_code_usage[BITS[-1]]["ones_fraction"]
+    assert _last_row_cells(report.format_report(rep))["ones fraction"] == (
+        f"{min(ones):.2f}-{max(ones):.2f}"
+    )
+
+
+def _report(ev, method_name, lengths, metrics, splits):
+    config = ml_collections.ConfigDict(
+        {"method": method_name, "protocol": "toy", "input": {"dataset": "toy"}}
+    )
+    return report.build_report(
+        config,
+        code_lengths=lengths,
+        step=4,
+        selected_on="test/map@all",
+        metrics=metrics,
+        baseline={},
+        evaluators={"test": ev},
+        splits=splits,
+    )
+
+
+def _last_row_cells(text):
+    lines = text.splitlines()
+    header = lines[3]
+    values = [line for line in lines if line.startswith("toy ")][-1]
+    return dict(
+        zip(
+            [c.strip() for c in header.split(" | ")],
+            [c.strip() for c in values.split(" | ")],
+            strict=True,
+        )
+    )

@@ -15,6 +15,7 @@ from dpq_jax.losses import reference as loss_ref
 from dpq_jax.methods import opqn as method
 from dpq_jax.quantizers import codebooks
 from dpq_jax.quantizers import reference as ref
+from dpq_jax.quantizers import torch_init_reference as torch_ref
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -85,6 +86,38 @@ def test_build_from_configdict_dict_and_namespace():
         method.METHOD.build(
             _model_cfg(dtype="float16"), num_classes=3, in_channels=1, rngs=nnx.Rngs(0)
         )
+
+
+def test_classifier_and_assignment_init_use_torch_fans_on_reference_shapes():
+    # The reference's OrthoPQ: weight [M, C, d] and mlp [M, d, K] under torch's xavier_uniform_
+    # (fans C·d and M·d; d·K and M·K). 500 identities, M = 2, d = K = 4: 4,000 and 32 draws.
+    model = method.METHOD.build(_model_cfg(), num_classes=500, in_channels=1, rngs=nnx.Rngs(0))
+    weights = np.abs(np.asarray(model.classifier[...]))
+    bound = torch_ref.torch_xavier_uniform_bound((2, 500, 4))
+    assert (1 - 20 / weights.size) * bound < weights.max() <= bound
+    assign = np.abs(np.asarray(model.head.assign[...]))
+    assert assign.max() <= torch_ref.torch_xavier_uniform_bound((2, 4, 4))
+
+
+def test_reference_shapes():
+    # README: --len 16 24 36 --num 2 4 6 --words 256 64 64; D = 512 (516 at 36 bits) at 32×32,
+    # D = M·K at 112×112 (opqn_main.py); K <= d everywhere (orthonormal codewords).
+    assert [method.reference_shape(b, 32) for b in (16, 24, 36, 48)] == [
+        (2, 256, 512),
+        (4, 64, 512),
+        (6, 64, 516),
+        (8, 64, 512),
+    ]
+    for bits in (16, 24, 36, 48, 64):
+        m, k, d = method.reference_shape(bits, 112)
+        assert d == m * k and m * np.log2(k) == bits
+    for size, shapes in method.REFERENCE_SHAPES.items():
+        for bits, (m, k, d) in shapes.items():
+            assert d % m == 0 and k <= d // m and m * np.log2(k) == bits, (size, bits)
+    with pytest.raises(ValueError, match="choose one of"):
+        method.reference_shape(64, 32)
+    with pytest.raises(ValueError, match="input_size"):
+        method.reference_shape(36, 64)
 
 
 def test_loss_matches_reference_terms():

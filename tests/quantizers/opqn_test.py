@@ -1,5 +1,6 @@
 """Tests for the OPQN quantizer (dpq_jax.quantizers.opqn) against quantizers/reference.py."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from flax import nnx
 
 from dpq_jax.quantizers import codebooks, opqn
 from dpq_jax.quantizers import reference as ref
+from dpq_jax.quantizers import torch_init_reference as torch_ref
 
 M, D_SUB, K = 3, 4, 4
 D = M * D_SUB
@@ -95,6 +97,50 @@ def test_shape_errors():
         opqn.hard_codes(jnp.zeros((2, 1, 300)), jnp.zeros((1, 300, 300)))
 
 
+# --- initialisation -------------------------------------------------------------------------
+
+
+def test_torch_fan_twin_on_hand_computed_shapes():
+    # torch: [out, in] -> (in, out); >2-D multiplies both by prod(shape[2:]).
+    assert torch_ref.torch_fan_in_and_fan_out((5, 7)) == (7, 5)
+    assert torch_ref.torch_fan_in_and_fan_out((8, 64, 64)) == (64 * 64, 8 * 64)
+    assert torch_ref.torch_fan_in_and_fan_out((3, 4, 5, 6)) == (4 * 30, 3 * 30)
+    assert torch_ref.torch_xavier_uniform_bound((6, 86, 64)) == pytest.approx(
+        np.sqrt(6.0 / (86 * 64 + 6 * 64))
+    )
+    with pytest.raises(ValueError, match="at least 2"):
+        torch_ref.torch_fan_in_and_fan_out((5,))
+
+
+# The reference's tensors: mlp [M, d, K] and weight [M, C, d] at 16 bits (2×256, d = 256), 36
+# bits (6×64, D = 516), 48 bits (8×64, D = 512), plus 2-D and 4-D shapes.
+@pytest.mark.parametrize(
+    "shape", [(2, 256, 256), (6, 86, 64), (8, 64, 64), (6, 530, 86), (300, 200), (4, 3, 5, 7)]
+)
+def test_torch_xavier_uniform_matches_torch_bound(shape):
+    bound = torch_ref.torch_xavier_uniform_bound(shape)
+    values = np.asarray(opqn.torch_xavier_uniform()(jax.random.key(1), shape, jnp.float32))
+    assert values.shape == shape and values.dtype == np.float32
+    # Uniform on (-a, a): every value inside; the largest of n draws within 20a/n of a (fails
+    # with probability e^-20); the standard deviation a / sqrt(3), within 4 standard errors.
+    n = values.size
+    peak = np.abs(values).max()
+    assert (1 - 20 / n) * bound < peak <= bound
+    np.testing.assert_allclose(values.std(), bound / np.sqrt(3), rtol=4 * np.sqrt(0.2 / n))
+    gain2 = np.asarray(opqn.torch_xavier_uniform(2.0)(jax.random.key(1), shape, jnp.float32))
+    assert (1 - 20 / n) * 2 * bound < np.abs(gain2).max() <= 2 * bound
+
+
+def test_head_init_uses_the_reference_fans():
+    # 36 bits at 32×32 (M = 6, K = 64, D = 516): a per-subspace Xavier (fans d and K) is 6×
+    # wider than torch's on the whole [M, d, K] tensor.
+    head = opqn.OrthoPQHead(516, num_codebooks=6, codebook_size=64, rngs=nnx.Rngs(0))
+    bound = torch_ref.torch_xavier_uniform_bound((6, 86, 64))
+    peak = np.abs(np.asarray(head.assign[...])).max()
+    assert (1 - 20 / (6 * 86 * 64)) * bound < peak <= bound
+    assert np.sqrt(6.0 / (86 + 64)) > 6 * bound
+
+
 # --- head -----------------------------------------------------------------------------------
 
 
@@ -105,8 +151,8 @@ def test_head_matches_reference_and_holds_fixed_codebooks():
     assert set(nnx.state(head, nnx.Param).keys()) == {"assign"}
     assign = np.asarray(head.assign[...])
     assert assign.shape == (M, D_SUB, K)
-    bound = np.sqrt(6.0 / (D_SUB + K))  # Xavier-uniform per subspace
-    assert np.abs(assign).max() <= bound and np.abs(assign).max() > 0.5 * bound
+    # torch's xavier_uniform_ on the reference's mlp [M, d, K]: fans d·K and M·K.
+    assert np.abs(assign).max() <= torch_ref.torch_xavier_uniform_bound((M, D_SUB, K))
     books = np.asarray(head.codebooks[...])
     np.testing.assert_allclose(books, ref.dct_orthonormal_codebooks(M, K, D_SUB), atol=1e-6)
 
