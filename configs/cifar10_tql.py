@@ -2,7 +2,7 @@ r"""TQL on CIFAR-10 with the DSH protocol (`cifar10_dsh`): 12- and 48-bit Hammin
 
 TQL (Zhou, Huang, Zhang & Wang, VCIP 2017; METHODS §4, **our formulation**, see docs/tql.md):
 per code length k a head f = tanh(Dense(k)) on the DSH net (conv-pool-LRN ×3, FC 500, 32×32);
-loss L_trip(f, margin 0.5k) + λ·L_quant (λ = 1) with batch-hard mining on the global batch;
+loss L_trip(f, margin 0.5k) + λ·L_quant (λ = 1) with batch-all mining on the global batch;
 `quant` = triplet_a | triplet_b | pointwise | none as in configs/fmnist_tql.py. Codes = sgn(f),
 Hamming ranking; the test evaluator also ranks f by Euclidean distance (`real_map@all`).
 
@@ -57,7 +57,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(
         arg,
         quant="triplet_a",
-        mining="batch_hard",
+        mining="batch_all",
         bits=0,
         steps=10000,
         sampler="uniform",

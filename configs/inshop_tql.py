@@ -2,7 +2,7 @@ r"""TQL on DeepFashion In-shop (`inshop` protocol): query vs gallery, 12- and 48
 
 TQL (Zhou, Huang, Zhang & Wang, VCIP 2017; METHODS §4, **our formulation**, see docs/tql.md):
 per code length k a head f = tanh(Dense(k)) on a small CNN; loss L_trip(f, margin 0.5k) +
-λ·L_quant (λ = 1) with batch-hard mining on the global batch; `quant` = triplet_a | triplet_b |
+λ·L_quant (λ = 1) with batch-all mining on the global batch; `quant` = triplet_a | triplet_b |
 pointwise | none as in configs/fmnist_tql.py. Codes = sgn(f), Hamming ranking.
 
 The `inshop` protocol (DeepFashion's `list_eval_partition.txt`): train on the `train` images
@@ -61,7 +61,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(
         arg,
         quant="triplet_a",
-        mining="batch_hard",
+        mining="batch_all",
         bits=0,
         steps=4000,
         classes=32,

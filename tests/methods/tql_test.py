@@ -194,7 +194,7 @@ def test_configs_build_models_that_give_both_heads(name, arg, hw, channels):
 
 def test_config_arguments_reach_the_loss_and_the_input():
     fm = config_lib.load_config(os.path.join(CONFIGS, "fmnist_tql.py"), "quant=triplet_b,bits=24")
-    assert (fm.loss.quantization, fm.loss.mining, fm.model.bits) == ("triplet_b", "batch_hard", 24)
+    assert (fm.loss.quantization, fm.loss.mining, fm.model.bits) == ("triplet_b", "batch_all", 24)
     assert fm.input.sampler == "uniform" and fm.protocol == "fmnist"
     shop = config_lib.load_config(os.path.join(CONFIGS, "inshop_tql.py"), "")
     assert shop.input.sampler == "class_balanced" and shop.input.batch_size == 128
