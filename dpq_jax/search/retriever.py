@@ -31,7 +31,6 @@ that expects [0, 255].
 
 import functools
 import inspect
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +40,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from dpq_jax import parallel
+from dpq_jax import io_utils, parallel
 from dpq_jax.data import pp as pp_lib
 from dpq_jax.methods import base
 from dpq_jax.search import adc
@@ -261,7 +260,7 @@ class Retriever:
             batch_size=batch_size,
             mesh=mesh,
         )
-        r.workdir = os.path.abspath(workdir)
+        r.workdir = io_utils.abspath(workdir)
         return r
 
     @functools.cached_property
