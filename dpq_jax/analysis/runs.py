@@ -353,7 +353,7 @@ def validation_keys(run: Run) -> list[str]:
     schedule (`log_steps > 0`), per code length for multi-length models."""
     keys = []
     select_on = run.config.get("select_on") or ""
-    if select_on:
+    if select_on and not select_on.startswith("train/"):  # `train/loss`: not a validation name
         keys.append(select_on)
     scheduled = [
         name for name, cfg in (run.config.get("evals") or {}).items() if cfg.get("log_steps")

@@ -49,7 +49,9 @@ def _report(method, bits_metrics, *, protocol="orl_seen", code_stats=None):
     }
 
 
-def write_workdir(path, method="opqn", bits_metrics=None, records=(), *, report=True):
+def write_workdir(
+    path, method="opqn", bits_metrics=None, records=(), *, report=True, select_on="val/map@all"
+):
     """A workdir with the files `train_and_evaluate` writes (no checkpoint)."""
     os.makedirs(path, exist_ok=True)
     config = {
@@ -57,7 +59,7 @@ def write_workdir(path, method="opqn", bits_metrics=None, records=(), *, report=
         "protocol": "orl_seen",
         "seed": 0,
         "input": {"dataset": "orl_faces"},
-        "select_on": "val/map@all",
+        "select_on": select_on,
         "evals": {"val": {"log_steps": 2, "final": False}, "test": {"log_steps": 0}},
     }
     with open(os.path.join(path, "config.json"), "w") as f:
@@ -69,6 +71,17 @@ def write_workdir(path, method="opqn", bits_metrics=None, records=(), *, report=
         for record in records:
             f.write(json.dumps(record) + "\n")
     return str(path)
+
+
+def test_a_run_selected_on_the_training_loss_lists_each_key_once(tmp_path):
+    records = [
+        {"step": 2, "time": 1.0, "train/loss": 3.0},
+        {"step": 2, "time": 1.1, "val/map@all": 0.2},
+    ]
+    run = runs.load_run(write_workdir(tmp_path / "r", records=records, select_on="train/loss"))
+    assert runs.validation_keys(run) == ["val/map@all"]
+    keys = [row["key"] for row in runs.training_table([run])]
+    assert keys == ["train/loss", "val/map@all"]
 
 
 def test_results_table_copies_report_rows(tmp_path):
