@@ -14,32 +14,20 @@ import jax
 import numpy as np
 import pytest
 
-from dpq_jax import config_lib, inference, train
-from dpq_jax.data import orl, protocols
+from dpq_jax import inference
+from dpq_jax.data import protocols
 from dpq_jax.metrics import reference as metrics_ref
 from dpq_jax.quantizers import opqn_progressive_reference as quant_ref
 from dpq_jax.search import index
 from dpq_jax.search.retriever import Retriever
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_opqn_progressive.py")
 BITS = (4, 8, 12, 16)  # runlocal: M = 1 book of K = 16 codewords (4 bits) per level, L = 4
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, orl_runs):
     """(workdir, ORL source, TrainResult) of a 4-step run."""
-    jax.config.update("jax_disable_most_optimizations", True)  # compile faster, as flax does
-    try:
-        data_dir = str(tmp_path_factory.mktemp("tfds"))
-        source = orl.load_orl_faces(data_dir=data_dir)
-        config = config_lib.load_config(CONFIG, "runlocal")
-        with config.unlocked():
-            config.input.data_dir = data_dir
-        workdir = str(tmp_path_factory.mktemp("workdir"))
-        result = train.train_and_evaluate(config, workdir)
-        yield workdir, source, result
-    finally:
-        jax.config.update("jax_disable_most_optimizations", False)
+    yield from orl_runs.tiny_orl_run(tmp_path_factory, "orl_opqn_progressive.py", "runlocal")
 
 
 def test_report_has_one_row_per_prefix(run):
