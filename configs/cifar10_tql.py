@@ -64,8 +64,6 @@ def get_config(arg=None):
         backbone="dsh_net",
         runlocal=False,
     )
-    if arg.backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {arg.backbone!r}.")
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "cifar10_dsh"
@@ -82,14 +80,7 @@ def get_config(arg=None):
     config.input.classes_per_batch = 8  # class_balanced: 8 classes x 32 images
 
     config.method = "tql"
-    config.model = ml_collections.ConfigDict()
-    backbone, features, tiny = BACKBONES[arg.backbone]
-    if arg.runlocal:
-        backbone, features = tiny
-    config.model.backbone = ml_collections.ConfigDict(backbone)
-    config.model.features = features
-    config.model.bits = arg.bits or (12, 48)
-    config.model.dtype = "float32"
+    config.model = tql.model_config(BACKBONES, arg.backbone, arg.bits, runlocal=arg.runlocal)
     config.loss = tql.loss_config(arg.quant, arg.mining)  # α = α_q = 0.5k, λ = 1
 
     config.optim = config_lib.optimizer(

@@ -56,6 +56,34 @@ _field = functools.partial(base.field, what="TQL")
 _XAVIER = nnx.initializers.xavier_uniform()
 
 
+def model_config(
+    backbones: Mapping[str, tuple], name: str, bits: int, *, runlocal: bool
+) -> ml_collections.ConfigDict:
+    """`config.model` of a TQL config.
+
+    Args:
+      backbones: name -> `(backbone dict, trunk features, (tiny backbone dict, tiny features))`,
+        the config's choices of trunk.
+      name: the chosen backbone (`backbones` key).
+      bits: one code length, or 0 for the two heads (12, 48).
+      runlocal: use the tiny variant.
+
+    Raises:
+      ValueError: an unknown backbone name (lists the choices).
+    """
+    if name not in backbones:
+        raise ValueError(f"backbone must be one of {sorted(backbones)}, got {name!r}.")
+    backbone, features, tiny = backbones[name]
+    if runlocal:
+        backbone, features = tiny
+    model = ml_collections.ConfigDict()
+    model.backbone = ml_collections.ConfigDict(backbone)
+    model.features = features
+    model.bits = bits or (12, 48)
+    model.dtype = "float32"
+    return model
+
+
 def loss_config(
     quantization: str = "triplet_a",
     mining: str = "batch_hard",
