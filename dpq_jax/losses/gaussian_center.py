@@ -283,4 +283,7 @@ def nearest_center_codes(
         )
     center_bits = binary_sign(centers.astype(jnp.float32))
     agreement = jnp.matmul(binary_sign(codes.astype(jnp.float32)), center_bits.T)  # k − 2·Ham
-    return center_bits[jnp.argmax(agreement, axis=1)]
+    # A one-hot product instead of a gather: exact for ±1 entries, and it keeps the batch
+    # sharding of `codes` under an explicit "data" mesh (a gather cannot resolve it).
+    nearest = jax.nn.one_hot(jnp.argmax(agreement, axis=1), centers.shape[0], dtype=jnp.float32)
+    return jnp.matmul(nearest, center_bits)
