@@ -108,35 +108,25 @@ def get_config(arg=None):
     config.input.prefetch = 2
 
     config.method = "dpq"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {
-            "name": "alexnet",
-            "variant": arg.alexnet,
-            "input_hw": (227, 227),
-            "width": 1.0,
-            "dropout": 0.5,
-            "pretrained": arg.pretrained,
-        }
+    alexnet = {
+        "name": "alexnet",
+        "variant": arg.alexnet,
+        "input_hw": (67, 67) if arg.runlocal else (227, 227),
+        "width": 1 / 32 if arg.runlocal else 1.0,
+        "dropout": 0.5,
+        "pretrained": arg.pretrained,
+    }
+    config.model = dpq.model_config(
+        alexnet,
+        features=4096,  # fc7
+        levels=arg.levels,
+        codebook_size=arg.codebook_size,
+        assign=arg.assign,
+        gamma=arg.gamma,
+        label_embeddings=arg.wordvec,
+        runlocal=arg.runlocal,
     )
-    config.model.features = 4096  # fc7
-    config.model.embedding_dim = 300  # fc8, the word2vec width
-    config.model.quantizer = ml_collections.ConfigDict()
-    config.model.quantizer.num_levels = arg.levels
-    config.model.quantizer.codebook_size = arg.codebook_size
-    config.model.quantizer.assign = arg.assign
-    config.model.quantizer.gamma = arg.gamma
-    config.model.quantizer.init_std = 0.01
-    config.model.label_embeddings = arg.wordvec
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.semantic_weight = 1.0
-    config.loss.classification_weight = 0.1  # λ (--Lambda)
-    config.loss.tau = 1.0
-    config.loss.mu = 1.0
-    config.loss.nu = 0.1
-    config.loss.stop_grad_features = arg.stop_grad_features
+    config.loss = dpq.loss_config(arg.stop_grad_features)  # λ = 0.1 (--Lambda)
 
     total_steps = EPOCHS * TRAIN_IMAGES // BATCH  # 1,125
     # The joint fallback; the two-stage encoder optimizer replaces it below.
@@ -160,11 +150,6 @@ def get_config(arg=None):
         config_lib.run_locally(config)
         config.input.pp_train = f"resize(70,70)|random_crop(67,67)|flip_lr|{norm}"
         config.input.pp_eval = f"resize(70,70)|center_crop(67,67)|{norm}"
-        config.model.backbone.input_hw = (67, 67)
-        config.model.backbone.width = 1 / 32
-        config.model.features = 16
-        config.model.embedding_dim = 8
-        config.model.quantizer.codebook_size = min(arg.codebook_size, 16)
     if arg.schedule == "two_stage":
         config.optim = dpq.two_stage_optim(
             encoder, codebook, codebook_start_step=config.total_steps // 2

@@ -33,24 +33,8 @@ Expected: not measured yet. The DSH paper reports CIFAR-10 mAP 0.616 / 0.651 / 0
 to binary descriptors.
 """
 
-import ml_collections
-
 from dpq_jax import config_lib
 from dpq_jax.methods import tql
-
-_CIFAR_NORM = "value_range(0,1)|normalize((0.491,0.482,0.447),(0.247,0.243,0.262))"
-BACKBONES = {
-    "dsh_net": (
-        {"name": "dsh_net", "input_hw": (32, 32)},
-        500,
-        ({"name": "dsh_net", "input_hw": (32, 32), "widths": (4, 4, 8)}, 16),
-    ),
-    "cnn_small": (
-        {"name": "cnn_small", "widths": (32, 64, 128)},
-        128,
-        ({"name": "cnn_small", "widths": (4, 8)}, 16),
-    ),
-}
 
 
 def get_config(arg=None):
@@ -64,32 +48,13 @@ def get_config(arg=None):
         backbone="dsh_net",
         runlocal=False,
     )
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = "cifar10_dsh"
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = "cifar10"
-    config.input.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # the cifar-10-batches-py folder; "" = the manual dir
-    config.input.batch_size = 256
-    config.input.eval_batch_size = 1024
-    config.input.pp_train = f"flip_lr|{_CIFAR_NORM}"
-    config.input.pp_eval = _CIFAR_NORM
-    config.input.prefetch = 2
-    config.input.sampler = arg.sampler
-    config.input.classes_per_batch = 8  # class_balanced: 8 classes x 32 images
-
-    config.method = "tql"
-    config.model = tql.model_config(BACKBONES, arg.backbone, arg.bits, runlocal=arg.runlocal)
-    config.loss = tql.loss_config(arg.quant, arg.mining)  # α = α_q = 0.5k, λ = 1
-
-    config.optim = config_lib.optimizer(
-        "adamw", lr=1e-3, weight_decay=4e-3, schedule="cosine", warmup_steps=500
+    # source_dir: the cifar-10-batches-py folder; "" = the manual dir.
+    config = tql.small_image_config(
+        arg,
+        protocol="cifar10_dsh",
+        data="cifar10",
+        input_hw=(32, 32),
+        evaluations=10,
+        warmup_steps=500,
     )
-    config_lib.training(config, total_steps=arg.steps, ckpt_steps=max(arg.steps // 10, 1))
-    config.evals = config_lib.validation_and_test(max(arg.steps // 10, 1), precision_ks=(100,))
-    config.evals.test.real_valued = True  # also rank f by Euclidean distance: real_map@all
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.input.classes_per_batch = 4  # 16 = 4 classes x 4 images
     return config.lock()

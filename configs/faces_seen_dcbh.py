@@ -50,13 +50,8 @@ import ml_collections
 from dpq_jax import config_lib
 
 BITS = (12, 24, 36, 48)
-# Per-channel pixel statistics on the 0..1 scale (OPQN data_loader.py; the same for both sets).
-NORMALIZE = {
-    "facescrub": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-    "youtube_faces": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-}
-# Rough train split sizes (override with train_images=N after the first start prints it).
-TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800}
+# Per-channel pixel statistics: OPQN data_loader.py's, the same for both (config_lib.FACE_SETS).
+DATASETS = ("facescrub", "youtube_faces")
 
 
 def get_config(arg=None):
@@ -73,32 +68,27 @@ def get_config(arg=None):
     )
     if arg.bits not in BITS:
         raise ValueError(f"bits={arg.bits} not supported; choose one of {BITS}.")
-    if arg.dataset not in NORMALIZE:
-        raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(NORMALIZE)}.")
+    # std ×10: deprocess_image's ×0.1.
+    norm, train_images = config_lib.face_data(
+        arg.dataset, arg.train_images, choices=DATASETS, std_scale=10
+    )
     if arg.epochs < 1:
         raise ValueError(f"epochs must be positive, got {arg.epochs}.")
-    batch_size = 256
-    train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
-    steps_per_epoch = math.ceil(train_images / batch_size)
+    steps_per_epoch = math.ceil(train_images / 256)
     eval_every = max(1, min(50, arg.epochs // 4)) * steps_per_epoch  # every 50 epochs
 
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = arg.dataset
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # a folder with the release files; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 512
-    mean, std = NORMALIZE[arg.dataset]
-    std_x10 = tuple(round(10 * s, 6) for s in std)  # deprocess_image's ×0.1
-    norm = f"value_range(0,1)|normalize({mean},{std_x10})"
     augment = "resize(35,35)|random_crop(32,32)|flip_lr|" if arg.augment else ""
-    config.input.pp_train = f"{augment}{norm}"
-    config.input.pp_eval = norm
-    config.input.prefetch = 4
+    config.input = config_lib.image_input(
+        arg.dataset,
+        batch_size=256,
+        eval_batch_size=512,
+        pp_train=f"{augment}{norm}",
+        pp_eval=norm,
+        prefetch=4,
+    )
 
     config.method = "dcbh"
     config.model = ml_collections.ConfigDict()

@@ -43,13 +43,8 @@ import ml_collections
 
 from dpq_jax import config_lib
 
-# Per-dataset normalisation (the FaceScrub statistics of OPQN's data_loader.py).
-NORMALIZE = {
-    "facescrub": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-    "youtube_faces": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-}
-# Rough train split sizes (override with train_images=N after the first start prints it).
-TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800}
+# Normalisation: the FaceScrub statistics of OPQN's data_loader.py (config_lib.FACE_SETS).
+DATASETS = ("facescrub", "youtube_faces")
 CODE_LENGTHS = (12, 24, 36, 48)
 
 
@@ -59,27 +54,16 @@ def get_config(arg=None):
     )
     if arg.bits not in CODE_LENGTHS:
         raise ValueError(f"bits={arg.bits} not supported; choose one of {CODE_LENGTHS}.")
-    if arg.dataset not in NORMALIZE:
-        raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(NORMALIZE)}.")
-    batch_size = 256
-    train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
-    steps_per_epoch = math.ceil(train_images / batch_size)
+    norm, train_images = config_lib.face_data(arg.dataset, arg.train_images, choices=DATASETS)
+    steps_per_epoch = math.ceil(train_images / 256)
 
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = arg.dataset
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # a folder with the release files; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 512
-    mean, std = NORMALIZE[arg.dataset]
-    norm = f"value_range(0,1)|normalize({mean},{std})"
-    config.input.pp_train = norm  # the reference trains without augmentation
-    config.input.pp_eval = norm
-    config.input.prefetch = 4
+    # The reference trains without augmentation.
+    config.input = config_lib.image_input(
+        arg.dataset, batch_size=256, eval_batch_size=512, pp_train=norm, pp_eval=norm, prefetch=4
+    )
 
     config.method = "dcdh"
     config.model = ml_collections.ConfigDict()

@@ -45,13 +45,13 @@ import math
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import ddh
 
 CODE_LENGTHS = (12, 24, 36, 48)  # the DDH protocol
+DATASETS = ("facescrub", "youtube_faces")  # train split sizes: config_lib.FACE_SETS
 # deprocess_image as a normalisation on the 0..1 scale: (x - mean) / std * 0.1 = (x - mean) /
 # (10 std), with the global (all pixels, all channels) mean and std.
 DEPROCESS = "value_range(0,1)|normalize((0.507,),(2.146,))"
-# Rough train split sizes (override with train_images=N after the first start prints it).
-TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800}
 
 
 def get_config(arg=None):
@@ -60,38 +60,25 @@ def get_config(arg=None):
     )
     if arg.bits not in CODE_LENGTHS:
         raise ValueError(f"bits={arg.bits} not supported; choose one of {CODE_LENGTHS}.")
-    if arg.dataset not in TRAIN_IMAGES_ESTIMATE:
-        raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(TRAIN_IMAGES_ESTIMATE)}.")
-    batch_size = 256
-    train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
-    steps_per_epoch = math.ceil(train_images / batch_size)
+    _, train_images = config_lib.face_data(arg.dataset, arg.train_images, choices=DATASETS)
+    steps_per_epoch = math.ceil(train_images / 256)
 
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = arg.dataset
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # a folder with train_set/ and test_set/; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 512
-    config.input.pp_train = DEPROCESS  # no augmentation, as the reference
-    config.input.pp_eval = DEPROCESS
-    config.input.prefetch = 4
+    # source_dir: a folder with train_set/ and test_set/; no augmentation, as the reference.
+    config.input = config_lib.image_input(
+        arg.dataset,
+        batch_size=256,
+        eval_batch_size=512,
+        pp_train=DEPROCESS,
+        pp_eval=DEPROCESS,
+        prefetch=4,
+    )
 
     config.method = "ddh"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict({"name": "ddh_net", "input_hw": (32, 32)})
-    config.model.features = 0  # ddh_net: its concatenation (860 at 32×32); other backbones: D
-    config.model.bits = CODE_LENGTHS if arg.multihead else arg.bits
-    config.model.slice_size = 4  # divide-and-encode slices; face feature layer = 4k
-    config.model.dtype = "float32"  # "bfloat16" on accelerators
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.quant_weight = 0.01  # weight of mean || |h| - 1 ||_1
-    config.loss.magnitude_target = 1.0
-    config.loss.kernel_l2 = 1e-4  # Keras l2(1e-4): 1e-4 * sum w^2 over the kernels
+    config.model = ddh.model_config((32, 32), CODE_LENGTHS if arg.multihead else arg.bits)
+    config.loss = ddh.loss_config()
 
     config.optim = config_lib.optimizer("adam", lr=1e-3, schedule="constant")
     config_lib.training(

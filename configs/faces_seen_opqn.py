@@ -30,102 +30,35 @@ Expected: the paper reports mAP@all on FaceScrub of about 0.8–0.9 (16–48 bit
 @top-5 above that; not yet reproduced here (no data on the project machines).
 """
 
-import math
-
-import ml_collections
-
 from dpq_jax import config_lib
 from dpq_jax.methods import opqn
 
-# Per-dataset normalisation (OPQN data_loader.py; CFW from the first commit).
-NORMALIZE = {
-    "facescrub": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-    "youtube_faces": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171)),
-    "cfw60k": ((0.507, 0.403, 0.344), (0.259, 0.226, 0.212)),
-}
-# Rough train split sizes (override with train_images=N after the first start prints it).
-TRAIN_IMAGES_ESTIMATE = {"facescrub": 65000, "youtube_faces": 63800, "cfw60k": 54000}
+DATASETS = ("facescrub", "youtube_faces", "cfw60k")  # statistics: config_lib.FACE_SETS
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, bits=48, dataset="facescrub", train_images=0, runlocal=False)
-    if arg.dataset not in NORMALIZE:
-        raise ValueError(f"dataset={arg.dataset!r}; choose one of {sorted(NORMALIZE)}.")
-    # (M, K, D) at 32×32: 2×256, 4×64, 6×64 (D = 516), 8×64 (METHODS §1.1).
-    num_codebooks, codebook_size, embedding_dim = opqn.reference_shape(arg.bits, 32)
-    batch_size = 256
-    train_images = arg.train_images or TRAIN_IMAGES_ESTIMATE[arg.dataset]
-    steps_per_epoch = math.ceil(train_images / batch_size)
-
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = arg.dataset
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # a folder with the release files; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 512
-    mean, std = NORMALIZE[arg.dataset]
-    norm = f"value_range(0,1)|normalize({mean},{std})"
+    norm, train_images = config_lib.face_data(arg.dataset, arg.train_images, choices=DATASETS)
     # Resize(35): shorter side to 35, aspect kept (DDH pickles are 32×32, CFW folders stored
     # at 35×35, so both come out 35×35).
-    config.input.pp_train = f"resize(35)|random_crop(32,32)|flip_lr|{norm}"
-    config.input.pp_eval = f"resize(35)|center_crop(32,32)|{norm}"
-    config.input.prefetch = 4
-
-    config.total_steps = 200 * steps_per_epoch
-
-    config.method = "opqn"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "sphereface20", "input_size": 32, "width_multiplier": 1.0}
+    input_cfg = config_lib.image_input(
+        arg.dataset,
+        batch_size=256,
+        eval_batch_size=512,
+        pp_train=f"resize(35)|random_crop(32,32)|flip_lr|{norm}",
+        pp_eval=f"resize(35)|center_crop(32,32)|{norm}",
+        prefetch=4,
     )
-    config.model.embedding_dim = embedding_dim
-    config.model.head = ml_collections.ConfigDict()
-    config.model.head.num_codebooks = num_codebooks
-    config.model.head.codebook_size = codebook_size
-    config.model.head.codebook_init = "dct"
-    config.model.head.seed = 0
-    config.model.dtype = "float32"  # "bfloat16" on accelerators
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.scale = 20.0  # CosFace s for the 32×32 models
-    config.loss.margin = 0.5
-    config.loss.entropy_weight = 0.1
-
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "sgd"
-    config.optim.lr = 0.1
-    config.optim.momentum = 0.9
-    config.optim.nesterov = False
-    config.optim.weight_decay = 5e-4
-    config.optim.decoupled_weight_decay = False
-    config.optim.schedule = "step"
-    config.optim.decay_steps = 35 * steps_per_epoch  # ×0.5 every 35 epochs
-    config.optim.decay_rate = 0.5
-    config.optim.warmup_steps = 0
-    config.optim.grad_clip_norm = 0.0
-
-    config.mesh_num_devices = -1
-    config.mesh_axis_types = "explicit"
-    config.log_training_steps = 100
-    config.ckpt_steps = 5 * steps_per_epoch
-    config.keep_ckpts = 2
-    config.select_on = "val/map@all"
-    config.raw_pixel_baseline = True
-    config.tensorboard = True
-
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False
+    # (M, K, D) at 32×32: 2×256, 4×64, 6×64 (D = 516), 8×64 (METHODS §1.1).
+    config = opqn.face_config(
+        arg.bits,
+        input_size=32,
+        protocol="faces_seen",
+        input_cfg=input_cfg,
+        train_images=train_images,
+        epochs=200,
+        decay_epochs=35,  # ×0.5 every 35 epochs
+        scale=20.0,  # CosFace s for the 32×32 models
+        runlocal=arg.runlocal,
     )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
-
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.optim.decay_steps = 2
-        config.model.backbone.width_multiplier = 0.0625
-        config.model.backbone.input_size = 32
     return config.lock()

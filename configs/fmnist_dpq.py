@@ -76,29 +76,18 @@ def get_config(arg=None):
     config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=512)
 
     config.method = "dpq"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (28, 28)}
+    config.model = dpq.model_config(
+        config_lib.cnn_small_trunk((28, 28), tiny=arg.runlocal),
+        features=512,  # trunk width F (AlexNet fc7: 4096)
+        levels=arg.levels,
+        codebook_size=arg.codebook_size,
+        assign=arg.assign,  # "cosine" (the code) or "l2" (the paper)
+        gamma=arg.gamma,
+        # "" = learned, "orthogonal" = fixed with every margin 1, or a .npy / .txt of [C, D]
+        label_embeddings="" if arg.labels == "learned" else arg.labels,
+        runlocal=arg.runlocal,
     )
-    config.model.features = 512  # trunk width F (AlexNet fc7: 4096)
-    config.model.embedding_dim = 300  # D of x = tanh(fc8), as the word2vec vectors
-    config.model.quantizer = ml_collections.ConfigDict()
-    config.model.quantizer.num_levels = arg.levels  # L: codes of l·log2(K) bits, l = 1..L
-    config.model.quantizer.codebook_size = arg.codebook_size  # K
-    config.model.quantizer.assign = arg.assign  # "cosine" (the code) or "l2" (the paper)
-    config.model.quantizer.gamma = arg.gamma
-    config.model.quantizer.init_std = 0.01
-    # "" = learned, "orthogonal" = fixed with every margin 1, or a .npy / .txt of [C, D] vectors
-    config.model.label_embeddings = "" if arg.labels == "learned" else arg.labels
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.semantic_weight = 1.0  # DVSQ adaptive margin
-    config.loss.classification_weight = 0.1  # λ
-    config.loss.tau = 1.0
-    config.loss.mu = 1.0  # hard distortion
-    config.loss.nu = 0.1  # joint central loss
-    config.loss.stop_grad_features = arg.stop_grad_features
+    config.loss = dpq.loss_config(arg.stop_grad_features)
 
     config.optim = config_lib.optimizer(
         "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=100
@@ -108,14 +97,5 @@ def get_config(arg=None):
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
-        config.model.features = 16
-        config.model.embedding_dim = 8
-        config.model.quantizer.codebook_size = min(arg.codebook_size, 16)
-    if arg.schedule == "two_stage":
-        config.optim = dpq.two_stage_optim(
-            config.optim,
-            config_lib.optimizer("adam", lr=1e-3, schedule="constant"),
-            codebook_start_step=config.total_steps // 2,
-        )
+    config.optim = dpq.schedule_optim(arg.schedule, config.optim, total_steps=config.total_steps)
     return config.lock()

@@ -43,9 +43,7 @@ def get_config(arg=None):
 
     config.method = "kw"
     config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (28, 28)}
-    )
+    config.model.backbone = config_lib.cnn_small_trunk((28, 28), tiny=arg.runlocal)
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, as OPQN's config
     config.model.head = ml_collections.ConfigDict()
     config.model.head.num_codebooks = num_codebooks
@@ -69,5 +67,4 @@ def get_config(arg=None):
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
     return config.lock()

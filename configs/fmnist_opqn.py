@@ -48,22 +48,9 @@ def get_config(arg=None):
     config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=512)
 
     config.method = "opqn"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (28, 28)}
-    )
-    config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, so d = K
-    config.model.head = ml_collections.ConfigDict()
-    config.model.head.num_codebooks = num_codebooks
-    config.model.head.codebook_size = codebook_size
-    config.model.head.codebook_init = "dct"  # or "qr" (random orthonormal)
-    config.model.head.seed = 0
-    config.model.dtype = "float32"  # "bfloat16" computes the backbone in bf16, params stay fp32
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.scale = 20.0  # CosFace s (small images)
-    config.loss.margin = 0.5  # CosFace m
-    config.loss.entropy_weight = 0.1  # μ
+    trunk = config_lib.cnn_small_trunk((28, 28), tiny=arg.runlocal)
+    config.model = opqn.model_config(trunk, num_codebooks, codebook_size)  # D = M·K, so d = K
+    config.loss = opqn.loss_config(scale=20.0)  # CosFace s (small images), m = 0.5, μ = 0.1
 
     # AdamW converges in the few epochs a CPU allows (see above).
     config.optim = config_lib.optimizer(
@@ -74,5 +61,4 @@ def get_config(arg=None):
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
     return config.lock()

@@ -32,6 +32,7 @@ mAP@all at 16 / 24 / 32 bits (configs/fmnist_opqn.py).
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn, opqn_progressive
 
 
 def get_config(arg=None):
@@ -51,41 +52,24 @@ def get_config(arg=None):
     config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=512)
 
     config.method = "opqn_progressive"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (28, 28)}
+    config.model = opqn_progressive.model_config(
+        config_lib.cnn_small_trunk((28, 28), tiny=arg.runlocal),
+        levels=arg.levels,
+        num_codebooks=arg.num_codebooks,
+        codebook_size=arg.codebook_size,
+        codebook_init=arg.codebook_init,
+        gain_decay=arg.gain_decay,
+        learn_gains=arg.learn_gains,
+        runlocal=arg.runlocal,
     )
-    config.model.embedding_dim = arg.num_codebooks * arg.codebook_size  # D = M·K, so d = K
-    config.model.quantizer = ml_collections.ConfigDict()
-    config.model.quantizer.num_levels = arg.levels  # L: codes of l·M·log2(K) bits, l = 1..L
-    config.model.quantizer.num_codebooks = arg.num_codebooks  # M
-    config.model.quantizer.codebook_size = arg.codebook_size  # K
-    config.model.quantizer.codebook_init = arg.codebook_init  # level 1: "dct" or "qr"
-    config.model.quantizer.seed = 0
-    config.model.quantizer.gain_decay = arg.gain_decay  # initial gain of level l: decay^(l-1)
-    config.model.quantizer.learn_gains = arg.learn_gains
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.scale = 20.0  # CosFace s (small images)
-    config.loss.margin = 0.5  # CosFace m
-    config.loss.entropy_weight = 0.1  # μ
+    config.loss = opqn.loss_config(scale=20.0)  # CosFace s (small images), m = 0.5, μ = 0.1
 
     config.optim = config_lib.optimizer(
         "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=100
     )
     config_lib.training(config, total_steps=1800, ckpt_steps=600)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=600, final=False, precision_ks=(100,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(100,)
-    )
+    config.evals = config_lib.validation_and_test(600, precision_ks=(100,))
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
-        config.model.quantizer.codebook_size = min(arg.codebook_size, 16)
-        config.model.embedding_dim = arg.num_codebooks * config.model.quantizer.codebook_size
     return config.lock()

@@ -44,24 +44,8 @@ Expected: not measured yet. For scale, on the same trunk and budget DSH reaches 
 0.848 / 0.873 at 12 / 48 bits (README, same-backbone rows).
 """
 
-import ml_collections
-
 from dpq_jax import config_lib
 from dpq_jax.methods import tql
-
-# backbone -> (model.backbone, model.features, the tiny runlocal variant of both)
-BACKBONES = {
-    "dsh_net": (
-        {"name": "dsh_net", "input_hw": (28, 28)},
-        500,
-        ({"name": "dsh_net", "input_hw": (28, 28), "widths": (4, 4, 8)}, 16),
-    ),
-    "cnn_small": (
-        {"name": "cnn_small", "widths": (32, 64, 128)},
-        128,
-        ({"name": "cnn_small", "widths": (4, 8)}, 16),
-    ),
-}
 
 
 def get_config(arg=None):
@@ -76,27 +60,9 @@ def get_config(arg=None):
         trunk="",
         runlocal=False,
     )
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = "fmnist"
-    config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=1024)
-    config.input.sampler = arg.sampler
-    config.input.classes_per_batch = 8  # class_balanced: 8 classes x 32 images
-
-    config.method = "tql"
-    config.model = tql.model_config(BACKBONES, arg.backbone, arg.bits, runlocal=arg.runlocal)
-
-    config.loss = tql.loss_config(arg.quant, arg.mining)  # α = α_q = 0.5k, λ = 1
-
-    config.optim = config_lib.optimizer(
-        "adamw", lr=1e-3, weight_decay=4e-3, schedule="cosine", warmup_steps=200
+    config = tql.small_image_config(
+        arg, protocol="fmnist", data="fmnist", input_hw=(28, 28), evaluations=4, warmup_steps=200
     )
-    config_lib.training(config, total_steps=arg.steps, ckpt_steps=max(arg.steps // 4, 1))
-    config.evals = config_lib.validation_and_test(max(arg.steps // 4, 1), precision_ks=(100,))
-    config.evals.test.real_valued = True  # also rank f by Euclidean distance: real_map@all
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.input.classes_per_batch = 4  # 16 = 4 classes x 4 images
     if arg.trunk:  # a same-backbone comparison: this method's heads and loss on a shared trunk
         config_lib.shared_trunk(config.model, arg.trunk, tiny=arg.runlocal)
     return config.lock()

@@ -71,32 +71,30 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.protocol = "inshop"
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = "inshop"
-    config.input.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # the release folder; "" = <data_dir>/downloads/manual/inshop
-    config.input.batch_size = 128
-    config.input.eval_batch_size = 512
     size, crop = (36, 32) if arg.runlocal else (72, 64)
-    config.input.pp_train = f"resize({size},{size})|random_crop({crop},{crop})|flip_lr|{_NORM}"
-    config.input.pp_eval = f"resize({size},{size})|center_crop({crop},{crop})|{_NORM}"
-    config.input.prefetch = 2
+    # source_dir: the release folder; "" = <data_dir>/downloads/manual/inshop.
+    config.input = config_lib.image_input(
+        "inshop",
+        batch_size=128,
+        eval_batch_size=512,
+        pp_train=f"resize({size},{size})|random_crop({crop},{crop})|flip_lr|{_NORM}",
+        pp_eval=f"resize({size},{size})|center_crop({crop},{crop})|{_NORM}",
+    )
     config.input.sampler = "class_balanced"
     config.input.classes_per_batch = arg.classes  # P items x K = 128 / P images
 
     config.method = "tql"
     config.model = tql.model_config(BACKBONES, arg.backbone, arg.bits, runlocal=arg.runlocal)
     config.loss = tql.loss_config(arg.quant, arg.mining)  # α = α_q = 0.5k, λ = 1
-
-    config.optim = config_lib.optimizer(
-        "adamw", lr=1e-3, weight_decay=4e-3, schedule="cosine", warmup_steps=200
+    # runlocal: 16 = 4 items x 4 images.
+    tql.recipe(
+        config,
+        steps=arg.steps,
+        evaluations=8,
+        warmup_steps=200,
+        precision_ks=(10,),
+        runlocal=arg.runlocal,
     )
-    config_lib.training(config, total_steps=arg.steps, ckpt_steps=max(arg.steps // 8, 1))
-    config.evals = config_lib.validation_and_test(max(arg.steps // 8, 1), precision_ks=(10,))
     for evaluator in config.evals.values():
         evaluator.recall_ks = (1, 10, 20)
-    config.evals.test.real_valued = True  # also rank f by Euclidean distance: real_map@all
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.input.classes_per_batch = 4  # 16 = 4 items x 4 images
     return config.lock()

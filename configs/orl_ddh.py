@@ -26,6 +26,7 @@ Expected: no published number (a small sanity set); measured here: see the READM
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import ddh
 
 
 def get_config(arg=None):
@@ -38,17 +39,9 @@ def get_config(arg=None):
     config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
 
     config.method = "ddh"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict({"name": "ddh_net", "input_hw": (32, 26)})
-    config.model.features = 0  # ddh_net: its concatenation (520 at 32×26); other backbones: D
-    config.model.bits = (12, 24, 36, 48) if arg.multihead else arg.bits
-    config.model.slice_size = 4  # divide-and-encode slices; face feature layer = 4k
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.quant_weight = 0.01  # weight of mean || |h| - 1 ||_1
-    config.loss.magnitude_target = 1.0
-    config.loss.kernel_l2 = 1e-4  # Keras l2(1e-4): 1e-4 * sum w^2 over the kernels
+    # ddh_net's features: its concatenation, 520 at 32×26.
+    config.model = ddh.model_config((32, 26), (12, 24, 36, 48) if arg.multihead else arg.bits)
+    config.loss = ddh.loss_config()
 
     config.optim = config_lib.optimizer("adam", lr=1e-3, schedule="cosine", warmup_steps=50)
     config_lib.training(

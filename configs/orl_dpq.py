@@ -28,7 +28,8 @@ Arguments: `protocol` (orl_seen | orl_unseen), `split_seed` (0; sets `config.see
 the split and also seeds the initialisation and the data order, as `--config.seed` does),
 `levels` (L, 4), `codebook_size` (K, 256),
 `assign` (cosine | l2), `gamma` (1), `stop_grad_features` (true), `schedule` (joint |
-two_stage), `runlocal` (tiny).
+two_stage), `size` (32 | 112: the input height, as orl_opqn; 112 crops the native 112×92),
+`runlocal` (tiny).
 
 Expected: not yet measured (orl_opqn reaches ≈ 0.97 on orl_seen at 32 bits; raw pixels 0.73).
 The model is selected on the validation mAP averaged over the code lengths, never on the query
@@ -52,6 +53,7 @@ def get_config(arg=None):
         gamma=1.0,
         stop_grad_features=True,
         schedule="joint",
+        size=32,
         runlocal=False,
     )
     if arg.schedule not in ("joint", "two_stage"):
@@ -59,52 +61,28 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.seed = arg.split_seed  # draws the split, the initialisation and the data order
     config.protocol = arg.protocol
-    config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
+    config.input, trunk = config_lib.orl_input_and_trunk(arg.size, tiny=arg.runlocal)
 
     config.method = "dpq"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (32, 26)}
+    config.model = dpq.model_config(
+        trunk,
+        features=512,
+        levels=arg.levels,
+        codebook_size=arg.codebook_size,
+        assign=arg.assign,
+        gamma=arg.gamma,
+        label_embeddings="",  # learned class vectors
+        runlocal=arg.runlocal,
     )
-    config.model.features = 512  # trunk width F
-    config.model.embedding_dim = 300  # D of x = tanh(fc8)
-    config.model.quantizer = ml_collections.ConfigDict()
-    config.model.quantizer.num_levels = arg.levels
-    config.model.quantizer.codebook_size = arg.codebook_size
-    config.model.quantizer.assign = arg.assign
-    config.model.quantizer.gamma = arg.gamma
-    config.model.quantizer.init_std = 0.01
-    config.model.label_embeddings = ""  # learned class vectors
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.semantic_weight = 1.0
-    config.loss.classification_weight = 0.1  # λ
-    config.loss.tau = 1.0
-    config.loss.mu = 1.0
-    config.loss.nu = 0.1
-    config.loss.stop_grad_features = arg.stop_grad_features
+    config.loss = dpq.loss_config(arg.stop_grad_features)
 
     config.optim = config_lib.optimizer(
         "adamw", lr=3e-3, weight_decay=1e-2, schedule="cosine", warmup_steps=20
     )
     config_lib.training(config, total_steps=300, ckpt_steps=50, log_training_steps=10)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=50, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals = config_lib.validation_and_test(50)
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
-        config.model.features = 16
-        config.model.embedding_dim = 8
-        config.model.quantizer.codebook_size = min(arg.codebook_size, 16)
-    if arg.schedule == "two_stage":
-        config.optim = dpq.two_stage_optim(
-            config.optim,
-            config_lib.optimizer("adam", lr=1e-3, schedule="constant"),
-            codebook_start_step=config.total_steps // 2,
-        )
+    config.optim = dpq.schedule_optim(arg.schedule, config.optim, total_steps=config.total_steps)
     return config.lock()

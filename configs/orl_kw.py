@@ -46,9 +46,7 @@ def get_config(arg=None):
 
     config.method = "kw"
     config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (32, 26)}
-    )
+    config.model.backbone = config_lib.cnn_small_trunk((32, 26), tiny=arg.runlocal)
     config.model.embedding_dim = num_codebooks * codebook_size  # D = M·K, as OPQN's config
     config.model.head = ml_collections.ConfigDict()
     config.model.head.num_codebooks = num_codebooks
@@ -64,19 +62,10 @@ def get_config(arg=None):
     config.loss.sharpness_weight = 0.01  # β2, Gini sharpness (subtracted)
 
     # The reference's SGD recipe at lr 0.01, on the OPQN config's schedule (halve every 100).
-    config.optim = config_lib.optimizer(
-        "sgd",
-        lr=0.01,
-        weight_decay=5e-4,
-        decoupled_weight_decay=False,
-        schedule="step",
-        decay_steps=100,
-        decay_rate=0.5,
-    )
+    config.optim = opqn.optim_config(decay_steps=100, lr=0.01)
     config_lib.training(config, total_steps=300, ckpt_steps=50, log_training_steps=10)
     config.evals = config_lib.validation_and_test(50)
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
     return config.lock()

@@ -28,6 +28,7 @@ set.
 import ml_collections
 
 from dpq_jax import config_lib
+from dpq_jax.methods import opqn, opqn_progressive
 
 
 def get_config(arg=None):
@@ -48,46 +49,23 @@ def get_config(arg=None):
     config.input = config_lib.input_config("orl", batch_size=64, eval_batch_size=64)
 
     config.method = "opqn_progressive"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "cnn_small", "widths": (32, 64, 128), "pool": "flatten", "input_hw": (32, 26)}
+    config.model = opqn_progressive.model_config(
+        config_lib.cnn_small_trunk((32, 26), tiny=arg.runlocal),
+        levels=arg.levels,
+        num_codebooks=arg.num_codebooks,
+        codebook_size=arg.codebook_size,
+        codebook_init=arg.codebook_init,
+        gain_decay=arg.gain_decay,
+        learn_gains=arg.learn_gains,
+        runlocal=arg.runlocal,
     )
-    config.model.embedding_dim = arg.num_codebooks * arg.codebook_size  # D = M·K, so d = K
-    config.model.quantizer = ml_collections.ConfigDict()
-    config.model.quantizer.num_levels = arg.levels
-    config.model.quantizer.num_codebooks = arg.num_codebooks
-    config.model.quantizer.codebook_size = arg.codebook_size
-    config.model.quantizer.codebook_init = arg.codebook_init
-    config.model.quantizer.seed = 0
-    config.model.quantizer.gain_decay = arg.gain_decay
-    config.model.quantizer.learn_gains = arg.learn_gains
-    config.model.dtype = "float32"
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.scale = 20.0  # CosFace s (32×32 models)
-    config.loss.margin = 0.5  # CosFace m
-    config.loss.entropy_weight = 0.1  # μ
+    config.loss = opqn.loss_config(scale=20.0)  # CosFace s (32×32 models), m = 0.5, μ = 0.1
 
     # orl_opqn's recipe: SGD + momentum, L2 weight decay, halve the lr every 100 steps.
-    config.optim = config_lib.optimizer(
-        "sgd",
-        lr=0.1,
-        weight_decay=5e-4,
-        decoupled_weight_decay=False,
-        schedule="step",
-        decay_steps=100,
-        decay_rate=0.5,
-    )
+    config.optim = opqn.optim_config(decay_steps=100)
     config_lib.training(config, total_steps=300, ckpt_steps=50, log_training_steps=10)
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=50, final=False
-    )
-    config.evals.test = config_lib.retrieval_eval("query", "database", log_steps=0, final=True)
+    config.evals = config_lib.validation_and_test(50)
 
     if arg.runlocal:
         config_lib.run_locally(config)
-        config.model.backbone.widths = (4, 8)
-        config.model.quantizer.codebook_size = min(arg.codebook_size, 16)
-        config.model.embedding_dim = arg.num_codebooks * config.model.quantizer.codebook_size
     return config.lock()

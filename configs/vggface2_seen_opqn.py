@@ -37,10 +37,6 @@ Expected: not yet reproduced here (no data on the project machines); the paper's
 shows the 64-bit VGGFace2 model.
 """
 
-import math
-
-import ml_collections
-
 from dpq_jax import config_lib
 from dpq_jax.methods import opqn
 
@@ -49,78 +45,27 @@ TRAIN_IMAGES_ESTIMATE = 90000  # a guess: the subset's size is not documented; p
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, bits=64, train_images=0, runlocal=False)
-    num_codebooks, codebook_size, embedding_dim = opqn.reference_shape(arg.bits, 112)
-    batch_size = 256
-    steps_per_epoch = math.ceil((arg.train_images or TRAIN_IMAGES_ESTIMATE) / batch_size)
-
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.protocol = "faces_seen"
-
-    config.input = ml_collections.ConfigDict()
-    config.input.dataset = "vggface2"
-    config.input.data_dir = ""  # tfds data_dir; "" = ~/tensorflow_datasets
-    config.input.source_dir = ""  # the vggface2/ folder; "" = the manual dir
-    config.input.batch_size = batch_size
-    config.input.eval_batch_size = 256
     norm = "value_range(0,1)|normalize((0.5,0.5,0.5),(0.5,0.5,0.5))"
-    config.input.pp_train = f"resize(120)|random_crop(112,112)|flip_lr|{norm}"
-    config.input.pp_eval = f"resize(120)|center_crop(112,112)|{norm}"
-    config.input.prefetch = 4
-
-    config.total_steps = 160 * steps_per_epoch
-
-    config.method = "opqn"
-    config.model = ml_collections.ConfigDict()
-    config.model.backbone = ml_collections.ConfigDict(
-        {"name": "sphereface20", "input_size": 112, "width_multiplier": 1.0}
+    input_cfg = config_lib.image_input(
+        "vggface2",  # source_dir: the vggface2/ folder; "" = the manual dir
+        batch_size=256,
+        eval_batch_size=256,
+        pp_train=f"resize(120)|random_crop(112,112)|flip_lr|{norm}",
+        pp_eval=f"resize(120)|center_crop(112,112)|{norm}",
+        prefetch=4,
     )
-    config.model.embedding_dim = embedding_dim  # D = M·K, so d = K
-    config.model.head = ml_collections.ConfigDict()
-    config.model.head.num_codebooks = num_codebooks
-    config.model.head.codebook_size = codebook_size
-    config.model.head.codebook_init = "dct"
-    config.model.head.seed = 0
-    config.model.dtype = "float32"  # "bfloat16" on accelerators
-
-    config.loss = ml_collections.ConfigDict()
-    config.loss.scale = 40.0  # CosFace s for the VGGFace2 models
-    config.loss.margin = 0.5
-    config.loss.entropy_weight = 0.1
-
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "sgd"
-    config.optim.lr = 0.1
-    config.optim.momentum = 0.9
-    config.optim.nesterov = False
-    config.optim.weight_decay = 5e-4
-    config.optim.decoupled_weight_decay = False
-    config.optim.schedule = "step"
-    config.optim.decay_steps = 20 * steps_per_epoch  # ×0.5 every 20 epochs
-    config.optim.decay_rate = 0.5
-    config.optim.warmup_steps = 0
-    config.optim.grad_clip_norm = 0.0
-
-    config.mesh_num_devices = -1
-    config.mesh_axis_types = "explicit"
-    config.log_training_steps = 100
-    config.ckpt_steps = 5 * steps_per_epoch
-    config.keep_ckpts = 2
-    config.select_on = "val/map@all"
+    # D = M·K, so d = K. P@10 on VGGFace2, as the reference's test().
+    config = opqn.face_config(
+        arg.bits,
+        input_size=112,
+        protocol="faces_seen",
+        input_cfg=input_cfg,
+        train_images=arg.train_images or TRAIN_IMAGES_ESTIMATE,
+        epochs=160,
+        decay_epochs=20,  # ×0.5 every 20 epochs
+        scale=40.0,  # CosFace s for the VGGFace2 models
+        precision_ks=(10,),
+        runlocal=arg.runlocal,
+    )
     config.raw_pixel_baseline = False  # the lazily read 112×112 source is too large to load
-    config.tensorboard = True
-
-    # P@10 on VGGFace2, as the reference's test().
-    config.evals = ml_collections.ConfigDict()
-    config.evals.val = config_lib.retrieval_eval(
-        "val_query", "val_database", log_steps=5 * steps_per_epoch, final=False, precision_ks=(10,)
-    )
-    config.evals.test = config_lib.retrieval_eval(
-        "query", "database", log_steps=0, final=True, precision_ks=(10,)
-    )
-
-    if arg.runlocal:
-        config_lib.run_locally(config)
-        config.optim.decay_steps = 2
-        config.model.backbone.width_multiplier = 0.0625
     return config.lock()

@@ -158,19 +158,59 @@ def validation_and_test(
 # normalisations are each data set's pixel mean and standard deviation on the 0..1 scale.
 _FMNIST_NORM = "value_range(0,1)|normalize((0.286,),(0.353,))"
 _ORL_NORM = "value_range(0,1)|normalize((0.5,),(0.5,))"
+_CIFAR10_NORM = "value_range(0,1)|normalize((0.491,0.482,0.447),(0.247,0.243,0.262))"
 INPUTS = {
     "fmnist": ("fashion_mnist", f"flip_lr|{_FMNIST_NORM}", _FMNIST_NORM),
+    "cifar10": ("cifar10", f"flip_lr|{_CIFAR10_NORM}", _CIFAR10_NORM),
     "orl": (
         "orl_faces",
         f"resize(35,29)|random_crop(32,26)|flip_lr|{_ORL_NORM}",
         f"resize(35,29)|center_crop(32,26)|{_ORL_NORM}",
     ),
+    # ORL at its native 112×92, as OPQN's Resize(120) + crop(112) at the faces' aspect.
+    "orl_112": (
+        "orl_faces",
+        f"resize(120,98)|random_crop(112,92)|flip_lr|{_ORL_NORM}",
+        f"resize(120,98)|center_crop(112,92)|{_ORL_NORM}",
+    ),
 }
+
+
+def image_input(
+    dataset: str,
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    pp_train: str,
+    pp_eval: str,
+    prefetch: int = 2,
+) -> ml_collections.ConfigDict:
+    """`config.input`: a registered data set with its train and eval preprocessing strings.
+
+    `data_dir` and `source_dir` start empty (the TFDS default and the data set's manual or
+    installed copy); a run sets them with `--config.input.source_dir=...`.
+
+    Example:
+      >>> image_input("orl_faces", batch_size=64, eval_batch_size=64, pp_train="flip_lr",
+      ...             pp_eval="", prefetch=4).prefetch
+      4
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.dataset = dataset
+    cfg.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
+    cfg.source_dir = ""  # a folder with the release files; "" = the manual dir / installed copy
+    cfg.batch_size = batch_size
+    cfg.eval_batch_size = eval_batch_size
+    cfg.pp_train = pp_train
+    cfg.pp_eval = pp_eval
+    cfg.prefetch = prefetch
+    return cfg
 
 
 def input_config(data: str, *, batch_size: int, eval_batch_size: int) -> ml_collections.ConfigDict:
     """`config.input` for a data set of `INPUTS` ("fmnist": 28×28 Fashion-MNIST; "orl": ORL
-    faces resized to 35×29 and cropped to 32×26).
+    faces resized to 35×29 and cropped to 32×26; "cifar10": 32×32 CIFAR-10), with flips in
+    training and the data set's per-channel normalisation.
 
     Example:
       >>> input_config("fmnist", batch_size=256, eval_batch_size=512).dataset
@@ -179,16 +219,108 @@ def input_config(data: str, *, batch_size: int, eval_batch_size: int) -> ml_coll
     if data not in INPUTS:
         raise ValueError(f"Unknown input preset {data!r}; choose one of {sorted(INPUTS)}.")
     dataset, pp_train, pp_eval = INPUTS[data]
-    cfg = ml_collections.ConfigDict()
-    cfg.dataset = dataset
-    cfg.data_dir = ""  # tfds data_dir for the built dataset; "" = ~/tensorflow_datasets
-    cfg.source_dir = ""  # a folder with the release files; "" = the installed copy
-    cfg.batch_size = batch_size
-    cfg.eval_batch_size = eval_batch_size
-    cfg.pp_train = pp_train
-    cfg.pp_eval = pp_eval
-    cfg.prefetch = 2
-    return cfg
+    return image_input(
+        dataset,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        pp_train=pp_train,
+        pp_eval=pp_eval,
+    )
+
+
+# Face sets of the `faces_seen` configs: name -> (per-channel pixel mean and std on the 0..1
+# scale, a rough train split size). The statistics are OPQN data_loader.py's (METHODS §1.3):
+# FaceScrub's, which it also applies to YouTube Faces, and CFW-60K's from its first commit. The
+# trainer prints the real train split size on start: pass it as a config's `train_images=N`.
+FACE_SETS = {
+    "facescrub": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171), 65000),
+    "youtube_faces": ((0.639, 0.479, 0.404), (0.216, 0.183, 0.171), 63800),
+    "cfw60k": ((0.507, 0.403, 0.344), (0.259, 0.226, 0.212), 54000),
+}
+
+
+def face_data(
+    dataset: str, train_images: int = 0, *, choices: tuple[str, ...], std_scale: float = 1
+) -> tuple[str, int]:
+    """The normalisation and the train split size of a face set of `FACE_SETS` (a config's
+    `dataset` and `train_images` arguments).
+
+    Args:
+      dataset: the face set, one of `choices`.
+      train_images: the train split size; 0 takes the set's estimate.
+      choices: the face sets the config supports.
+      std_scale: multiplies the std (10 gives `deprocess_image`'s ×0.1 of DDH and DCBH).
+
+    Returns:
+      `(norm, train_images)`: the op `value_range(0,1)|normalize(mean,std)` and the train split
+      size.
+
+    Raises:
+      ValueError: a data set outside `choices`.
+
+    Example:
+      >>> face_data("cfw60k", choices=("facescrub", "cfw60k"))
+      ('value_range(0,1)|normalize((0.507, 0.403, 0.344),(0.259, 0.226, 0.212))', 54000)
+    """
+    if dataset not in choices:
+        raise ValueError(f"dataset={dataset!r}; choose one of {sorted(choices)}.")
+    mean, std, estimate = FACE_SETS[dataset]
+    if std_scale != 1:
+        std = tuple(round(std_scale * s, 6) for s in std)
+    return f"value_range(0,1)|normalize({mean},{std})", train_images or estimate
+
+
+def cnn_small_trunk(input_hw: tuple[int, int], *, tiny: bool = False) -> ml_collections.ConfigDict:
+    """`model.backbone` of the PQ methods' CPU configs (OPQN, progressive OPQN, DPQ-G and DPQ-KW
+    on fmnist and orl share it, so their rows compare): cnn_small with 32-64-128 channels and a
+    flatten head (Dense 512 + BN); `tiny` (runlocal): 4-8 channels.
+
+    Example:
+      >>> cnn_small_trunk((28, 28), tiny=True).widths
+      (4, 8)
+    """
+    return ml_collections.ConfigDict(
+        {
+            "name": "cnn_small",
+            "widths": (4, 8) if tiny else (32, 64, 128),
+            "pool": "flatten",
+            "input_hw": tuple(input_hw),
+        }
+    )
+
+
+# ORL input sizes of the PQ configs' `size` argument: size -> (input preset, crop (H, W),
+# trunk channels).
+# 112 keeps the faces' native resolution (one more conv block, narrower early channels); on
+# unseen identities it ranks better than 32×26 (README, `orl_unseen` table).
+ORL_SIZES = {
+    32: ("orl", (32, 26), (32, 64, 128)),
+    112: ("orl_112", (112, 92), (16, 32, 64, 128, 128)),
+}
+
+
+def orl_input_and_trunk(
+    size: int, *, tiny: bool = False
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """`config.input` (batch 64) and the cnn_small `model.backbone` of an ORL PQ config at
+    `size` (32: 32×26 crops, 112: the native 112×92).
+
+    Raises:
+      ValueError: a size outside `ORL_SIZES`.
+
+    Example:
+      >>> cfg_input, trunk = orl_input_and_trunk(112)
+      >>> cfg_input.pp_eval.split("|")[1], trunk.input_hw, trunk.widths
+      ('center_crop(112,92)', (112, 92), (16, 32, 64, 128, 128))
+    """
+    if size not in ORL_SIZES:
+        raise ValueError(f"size={size!r}; choose one of {sorted(ORL_SIZES)} (the input height).")
+    preset, hw, widths = ORL_SIZES[size]
+    cfg_input = input_config(preset, batch_size=64, eval_batch_size=64)
+    trunk = cnn_small_trunk(hw, tiny=tiny)
+    if not tiny:
+        trunk.widths = widths
+    return cfg_input, trunk
 
 
 def optimizer(

@@ -29,6 +29,7 @@ import dpq_jax
 from dpq_jax import checkpointing, inference, metric_writers, parallel, registry
 from dpq_jax import workdir as workdir_lib
 from dpq_jax.data import pipeline, pp, protocols
+from dpq_jax.evaluators import retrieval as retrieval_eval
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,12 +214,10 @@ def _registered(kind: str, name: str, field: str) -> Any:
 
 
 def selectable_metrics(config: ml_collections.ConfigDict, eval_name: str) -> tuple[str, ...]:
-    """The metric names `config.evals.<eval_name>` logs that `select_on` may name.
-
-    A retrieval evaluator logs `<name>/map@all` (map_ks -1), `<name>/map@K`, `<name>/p@K`, and
-    for binary codes with `hamming_radius` R >= 0 `<name>/p@rR` and `<name>/r@rR`; a model with
-    several code lengths logs each as `<name>/<bits>bit/<metric>` plus their mean under
-    `<name>/<metric>` (`evaluators.retrieval`). Code-group counts are not selectable.
+    """The metric names `config.evals.<eval_name>` logs that `select_on` may name: the
+    retrieval evaluator's `metric_names` (`evaluators.retrieval`: `map@K`, `p@K`, `r@K`, the
+    Hamming-radius and `real_*` metrics, per code length and their mean). Code-group counts are
+    not selectable.
 
     Raises:
       ValueError: the evaluator's type is not "retrieval" (its names are unknown before it
@@ -231,16 +230,9 @@ def selectable_metrics(config: ml_collections.ConfigDict, eval_name: str) -> tup
             "not known before training; select on a retrieval evaluator."
         )
     method = _registered("method", config.method, "config.method")
-    keys = ["map@all" if int(k) == -1 else f"map@{int(k)}" for k in cfg.map_ks]
-    keys += [f"p@{int(k)}" for k in cfg.precision_ks]
-    radius = int(cfg.get("hamming_radius", -1))
-    if method.code_type == "binary" and radius >= 0:
-        keys += [f"p@r{radius}", f"r@r{radius}"]
-    lengths = tuple(method.code_lengths(config.model))
-    names = [f"{eval_name}/{key}" for key in keys]
-    if len(lengths) > 1:
-        names += [f"{eval_name}/{bits}bit/{key}" for bits in lengths for key in keys]
-    return tuple(names)
+    return retrieval_eval.metric_names(
+        eval_name, cfg, method.code_type, method.code_lengths(config.model)
+    )
 
 
 # `select_on = TRAIN_LOSS` is the reference OPQN code's rule, not recommended: it never looks at

@@ -146,3 +146,70 @@ def test_select_on_names_of_multi_head_and_binary_evaluators():
     # PQ codes are ranked by ADC, not Hamming distance: no radius metrics to select on.
     opqn = config_lib.load_config("configs/orl_opqn.py", "runlocal")
     assert not any("@r" in name for name in train.selectable_metrics(opqn, "val"))
+
+
+def test_face_data_gives_opqn_statistics_and_train_sizes():
+    # OPQN data_loader.py (METHODS §1.3): FaceScrub's mean and std, also used for YouTube Faces.
+    norm, train_images = config_lib.face_data(
+        "youtube_faces", choices=("facescrub", "youtube_faces")
+    )
+    assert norm == "value_range(0,1)|normalize((0.639, 0.479, 0.404),(0.216, 0.183, 0.171))"
+    assert train_images == 63800  # the estimate, until a run prints the real size
+    # deprocess_image's ×0.1 as the std ×10; an explicit size wins over the estimate.
+    norm, train_images = config_lib.face_data("cfw60k", 1234, choices=("cfw60k",), std_scale=10)
+    assert norm.endswith("normalize((0.507, 0.403, 0.344),(2.59, 2.26, 2.12))")
+    assert train_images == 1234
+    with pytest.raises(ValueError, match=r"dataset='cfw60k'; choose one of \['facescrub'\]"):
+        config_lib.face_data("cfw60k", choices=("facescrub",))
+
+
+def test_image_input_and_presets():
+    cfg = config_lib.image_input(
+        "vggface2", batch_size=256, eval_batch_size=128, pp_train="flip_lr", pp_eval="", prefetch=4
+    )
+    assert (cfg.dataset, cfg.batch_size, cfg.eval_batch_size) == ("vggface2", 256, 128)
+    assert (cfg.pp_train, cfg.pp_eval, cfg.prefetch) == ("flip_lr", "", 4)
+    assert cfg.data_dir == cfg.source_dir == ""  # set on the command line
+    cifar = config_lib.input_config("cifar10", batch_size=256, eval_batch_size=1024)
+    # CIFAR-10's per-channel mean and std on the 0..1 scale; flips in training only.
+    norm = "value_range(0,1)|normalize((0.491,0.482,0.447),(0.247,0.243,0.262))"
+    assert (cifar.dataset, cifar.pp_train, cifar.pp_eval) == ("cifar10", f"flip_lr|{norm}", norm)
+    assert cifar.prefetch == 2
+    with pytest.raises(ValueError, match="Unknown input preset 'mnist'"):
+        config_lib.input_config("mnist", batch_size=8, eval_batch_size=8)
+
+
+def test_cnn_small_trunk():
+    trunk = config_lib.cnn_small_trunk((32, 26))
+    assert trunk.to_dict() == {
+        "name": "cnn_small",
+        "widths": (32, 64, 128),
+        "pool": "flatten",
+        "input_hw": (32, 26),
+    }
+    assert config_lib.cnn_small_trunk([28, 28], tiny=True).widths == (4, 8)
+    assert config_lib.cnn_small_trunk([28, 28]).input_hw == (28, 28)  # a tuple: overridable
+
+
+@pytest.mark.parametrize("size, crop, widths", [(32, (32, 26), 3), (112, (112, 92), 5)])
+def test_orl_sizes_feed_their_trunk(size, crop, widths):
+    """Both ORL sizes: the train and eval pipelines turn a native 112×92 ORL image into the
+    trunk's `input_hw`, and orl_opqn's `size` argument picks both."""
+    import numpy as np
+
+    from dpq_jax.data import pp
+
+    cfg_input, trunk = config_lib.orl_input_and_trunk(size)
+    image = np.random.default_rng(0).integers(0, 256, (112, 92, 1), dtype=np.uint8)
+    train = pp.build(cfg_input.pp_train)(image, np.random.default_rng(1))
+    evaluated = pp.build(cfg_input.pp_eval)(image, None)
+    assert train.shape == evaluated.shape == (*crop, 1)
+    assert tuple(trunk.input_hw) == crop and len(trunk.widths) == widths
+    config = config_lib.load_config(
+        os.path.join(CONFIG_DIR, "orl_opqn.py"), f"size={size},protocol=orl_unseen,bits=64"
+    )
+    assert config.input.pp_eval == cfg_input.pp_eval
+    assert config.model.backbone.to_dict() == trunk.to_dict()
+    assert (config.model.head.num_codebooks, config.model.embedding_dim) == (8, 2048)
+    with pytest.raises(ValueError, match=r"size=64; choose one of \[32, 112\]"):
+        config_lib.orl_input_and_trunk(64)

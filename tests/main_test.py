@@ -73,7 +73,7 @@ def _stderr_lines(text):
         (
             ["--config=configs/orl_opqn.py:bitz=3"],
             "dpq-train: error: --config=configs/orl_opqn.py:bitz=3: Unknown config argument "
-            "'bitz'; this config takes ['bits', 'protocol', 'runlocal', 'split_seed'].",
+            "'bitz'; this config takes ['bits', 'protocol', 'runlocal', 'size', 'split_seed'].",
         ),
     ],
     ids=["unknown_field", "missing_config_file", "bad_config_argument"],

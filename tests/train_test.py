@@ -352,3 +352,34 @@ def test_invalid_select_on_is_one_line_listing_the_choices(tmp_path):
         for choice in ("'val/map@all'", "'val/p@5'", "'train/loss'", "'' (report the last step)"):
             assert choice in message, (choice, message)
     assert not (tmp_path / "wd").exists()
+
+
+def test_select_on_takes_the_recall_and_real_valued_metrics_the_evaluator_logs():
+    """recall@K (`r@K`) and the real-valued descriptors' numbers (`real_*`, with
+    `real_valued`) are selectable, per code length and as their mean; what the evaluator does
+    not log is refused in one line that lists the choices."""
+    config = config_lib.load_config(
+        os.path.join(os.path.dirname(CONFIG), "fmnist_tql.py"), "runlocal"
+    )
+    with config.unlocked():
+        config.evals.val.recall_ks = (10,)
+        config.evals.val.real_valued = True
+    assert tuple(config.model.bits) == (12, 48) and config.evals.val.hamming_radius == 2
+    names = set(train.selectable_metrics(config, "val"))
+    assert {"val/r@10", "val/real_map@all", "val/real_r@10", "val/48bit/real_p@100"} <= names
+    for select_on in ("val/real_map@all", "val/r@10", "val/12bit/real_r@10", "val/p@r2"):
+        with config.unlocked():
+            config.select_on = select_on
+        assert train.check_select_on(config) == select_on
+    # Radius metrics rank Hamming distances: the real-valued descriptors have none.
+    for select_on, metric in (("val/real_p@r2", "real_p@r2"), ("val/r@20", "r@20")):
+        with config.unlocked():
+            config.select_on = select_on
+        with pytest.raises(ValueError, match=f"logs no metric '{metric}'; choose one of") as info:
+            train.check_select_on(config)
+        assert "\n" not in str(info.value) and "'val/real_map@all'" in str(info.value)
+    # Without recall_ks and real_valued there are no such names to select.
+    plain = config_lib.load_config(
+        os.path.join(os.path.dirname(CONFIG), "fmnist_tql.py"), "runlocal"
+    )
+    assert not any("real_" in n or "r@1" in n for n in train.selectable_metrics(plain, "val"))

@@ -17,6 +17,7 @@ holds both).
 Numbers are named `<name>/map@all`, `<name>/p@5`, ... for a model with one code length. A
 model with several (`config.model.bits = (12, 24, 36, 48)`) gets `<name>/<bits>bit/map@all`
 per length plus `<name>/map@all`, the mean over the lengths, which `select_on` can use.
+`metric_names` lists them from the config alone (the trainer checks `select_on` against it).
 
 Every run also logs the code groups of each head's database codes: `<prefix>/distinct_codes`
 (how many different codes the database holds) and `<prefix>/largest_code_group` (the most
@@ -38,6 +39,56 @@ from dpq_jax.metrics import retrieval as metrics_lib
 from dpq_jax.search import kernels, legacy
 
 CODE_STATS = ("distinct_codes", "largest_code_group")  # per head; never averaged over heads
+REAL_PREFIX = "real_"  # metrics of the real-valued descriptors: `real_map@all`, ...
+
+
+def metric_keys(cfg, code_type: str) -> tuple[str, ...]:
+    """The retrieval metrics one code length of `config.evals.<name>` logs, without prefix.
+
+    `map@all` (map_ks -1) and `map@K`, `p@K` (precision_ks), `r@K` (recall_ks), for binary codes
+    with `hamming_radius` R >= 0 `p@rR` and `r@rR`, and with `real_valued` the ranking metrics
+    again as `real_<key>` (Euclidean ranking: no radius metrics). Code-group counts
+    (`CODE_STATS`) are logged too but are not retrieval metrics.
+
+    Args:
+      cfg: the `config.evals.<name>` ConfigDict (or a dict).
+      code_type: the method's `code_type`, `"pq"` or `"binary"`.
+
+    Example:
+      >>> metric_keys(dict(map_ks=(-1,), precision_ks=(5,), recall_ks=(10,),
+      ...                  real_valued=True), "pq")
+      ('map@all', 'p@5', 'r@10', 'real_map@all', 'real_p@5', 'real_r@10')
+    """
+    ranking = ["map@all" if int(k) == -1 else f"map@{int(k)}" for k in cfg["map_ks"]]
+    ranking += [f"p@{int(k)}" for k in cfg["precision_ks"]]
+    ranking += [f"r@{int(k)}" for k in cfg.get("recall_ks", ())]
+    keys = list(ranking)
+    radius = int(cfg.get("hamming_radius", -1))
+    if code_type == "binary" and radius >= 0:
+        keys += [f"p@r{radius}", f"r@r{radius}"]
+    if cfg.get("real_valued", False):
+        keys += [REAL_PREFIX + key for key in ranking]
+    return tuple(dict.fromkeys(keys))
+
+
+def metric_names(name: str, cfg, code_type: str, code_lengths) -> tuple[str, ...]:
+    """Every retrieval metric name the evaluator `name` logs for a model with `code_lengths`:
+    `<name>/<key>` for each of `metric_keys`, and for several code lengths also
+    `<name>/<bits>bit/<key>` per length (the unprefixed name is then their mean).
+
+    Example:
+      >>> cfg = dict(map_ks=(-1,), precision_ks=(), hamming_radius=2)
+      >>> names = metric_names("val", cfg, "binary", (12, 48))
+      >>> names[:3], len(names)
+      (('val/map@all', 'val/p@r2', 'val/r@r2'), 9)
+      >>> names[3:6]
+      ('val/12bit/map@all', 'val/12bit/p@r2', 'val/12bit/r@r2')
+    """
+    keys, lengths = metric_keys(cfg, code_type), tuple(code_lengths)
+    names = [f"{name}/{key}" for key in keys]
+    if len(lengths) > 1:
+        names += [f"{name}/{bits}bit/{key}" for bits in lengths for key in keys]
+    return tuple(names)
 
 
 def legacy_hamming_source(query_bits, db_bits) -> metrics_lib.ScoreSource:
@@ -203,7 +254,9 @@ class RetrievalEvaluator:
             )
         source = metrics_lib.dense_source(q, db, metric="neg_l2")
         scored = self._score(source, prefix=prefix, bits=None)
-        return {f"{prefix}/real_{k.removeprefix(prefix + '/')}": v for k, v in scored.items()}
+        return {
+            f"{prefix}/{REAL_PREFIX}{k.removeprefix(prefix + '/')}": v for k, v in scored.items()
+        }
 
     def _code_usage(self, codes, params, head) -> dict:
         """Per-codebook usage (PQ: K from the head's `[M, K, d]` codebooks) or per-bit balance."""

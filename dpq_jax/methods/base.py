@@ -374,6 +374,55 @@ def make_backbone(
     return registry.get("backbone", name)(in_channels, features, dtype=dtype, rngs=rngs, **kwargs)
 
 
+# `model.dtype` names: the backbone's compute dtype (heads and losses run in float32).
+DTYPE_NAMES = ("bfloat16", "float32")
+
+
+def backbone_spec(model_cfg: Any, *, what: str, examples: str) -> tuple[str, dict[str, Any]]:
+    """`(name, kwargs)` of `model.backbone`: its name and its other fields (the backbone's
+    keyword arguments), as `make_backbone` takes them.
+
+    Args:
+      model_cfg: the config's `model` group.
+      what: the method, for the missing-field message (`field`'s `what`).
+      examples: backbone names the missing-name message suggests, e.g. "'dsh_net' or
+        'cnn_small'".
+
+    Raises:
+      ValueError: a missing `model.backbone`, or one without a name.
+
+    Example:
+      >>> backbone_spec(dict(backbone=dict(name="cnn_small", widths=(4,))), what="DSH", examples="")
+      ('cnn_small', {'widths': (4,)})
+    """
+    backbone_cfg = as_dict(field(model_cfg, "backbone", what=what))
+    if "name" not in backbone_cfg:
+        raise ValueError(f"model.backbone needs a 'name' (e.g. {examples}).")
+    return backbone_cfg.pop("name"), backbone_cfg
+
+
+def backbone_and_dtype(model_cfg: Any, *, what: str, examples: str) -> tuple[str, dict, Any]:
+    """`(name, kwargs, dtype)`: `backbone_spec` and the jnp dtype of `model.dtype` (a name in
+    `DTYPE_NAMES`, default "float32"), checked in that order.
+
+    Raises:
+      ValueError: a missing `model.backbone`, a backbone without a name, or an unknown dtype.
+
+    Example:
+      >>> cfg = dict(backbone=dict(name="cnn_small"), dtype="bfloat16")
+      >>> name, kwargs, dtype = backbone_and_dtype(cfg, what="DSH", examples="")
+      >>> name, kwargs, dtype.__name__
+      ('cnn_small', {}, 'bfloat16')
+    """
+    import jax.numpy as jnp
+
+    name, kwargs = backbone_spec(model_cfg, what=what, examples=examples)
+    dtype = field(model_cfg, "dtype", "float32", what=what)
+    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype!r}.")
+    return name, kwargs, getattr(jnp, dtype)
+
+
 def head_params(params: tuple[Any, ...] | None, head: int) -> Any:
     """One head's entry of `Method.code_params` (None for methods without code parameters)."""
     return None if params is None else params[head]

@@ -86,7 +86,6 @@ from dpq_jax.models.backbones.cnn_small import BN_EPSILON, BN_MOMENTUM
 from dpq_jax.quantizers.block_hash import BLOCK_SIZE, block_hash
 from dpq_jax.typing import Array, Float, Int
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="DCBH")
 _XAVIER = nnx.initializers.xavier_uniform()
 
@@ -192,21 +191,18 @@ class DCBH(base.HashingMethod):
 
     def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> DCBHModel:
         """The DCBH model from the config's `model` group (train mode)."""
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'dcbh_net' or 'cnn_small').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        backbone, kwargs, dtype = base.backbone_and_dtype(
+            model_cfg, what="DCBH", examples="'dcbh_net' or 'cnn_small'"
+        )
         return DCBHModel(
             in_channels,
             num_classes,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
+            backbone=backbone,
+            backbone_kwargs=kwargs,
             features=int(_field(model_cfg, "features", 0)),
             code_lengths=self.code_lengths(model_cfg),
             block_size=int(_field(model_cfg, "block_size", BLOCK_SIZE)),
-            dtype=_DTYPES[dtype],
+            dtype=dtype,
             rngs=rngs,
         )
 

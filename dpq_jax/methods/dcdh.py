@@ -40,20 +40,17 @@ References:
 """
 
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from dpq_jax.losses import gaussian_center as gc
-from dpq_jax.methods import base
+from dpq_jax.methods import base, multihead
 from dpq_jax.models.backbones.cnn_small import BN_EPSILON, BN_MOMENTUM
 from dpq_jax.models.backbones.dfh_net import XAVIER_NORMAL
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _ENCODINGS = ("sign", "nearest_center")
 _field = functools.partial(base.field, what="DCDH")
 
@@ -70,69 +67,36 @@ class DCDHHead(nnx.Module):
         return self.norm(self.fc(trunk))
 
 
-class DCDHModel(nnx.Module):
-    """Backbone trunk `[B, H, W, C] -> [B, F]` and one `DCDHHead` per code length."""
+class DCDHModel(multihead.MultiHeadModel):
+    """Backbone trunk `[B, H, W, C] -> [B, F]` and one `DCDHHead` per code length; calling it
+    gives H of each head, float32 (BN in the model's train/eval mode)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        backbone: str,
-        backbone_kwargs: Mapping[str, Any],
-        features: int,
-        code_lengths: tuple[int, ...],
-        num_classes: int,
-        encode: str,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
+    method_name = "DCDH"
+
+    def __init__(self, in_channels: int, *, num_classes: int, encode: str, **kwargs):
+        """`kwargs`: `MultiHeadModel`'s (backbone, backbone_kwargs, features, code_lengths,
+        dtype, rngs); `num_classes` rows of centres per head; `encode` as `model.encode`."""
         if num_classes < 1:
             raise ValueError(f"DCDH needs at least one class for its centres, got {num_classes}.")
-        self.backbone = base.make_backbone(
-            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DCDH"
-        )
-        self.heads = nnx.List(
-            [DCDHHead(features, bits, num_classes, rngs=rngs) for bits in code_lengths]
-        )
-        self.code_lengths = code_lengths
+        head = functools.partial(DCDHHead, num_classes=num_classes)
+        super().__init__(in_channels, make_head=head, **kwargs)
         self.encode = encode
 
-    def __call__(self, images: Float[Array, "B H W C"]) -> tuple[Float[Array, "B k"], ...]:
-        """H of each head, float32 (BN in the model's train/eval mode)."""
-        trunk = self.backbone(images).astype(jnp.float32)
-        return tuple(head(trunk) for head in self.heads)
 
-
-class DCDH(base.HashingMethod):
-    """DCDH (see the module docstring)."""
+class DCDH(multihead.MultiHeadHashing):
+    """DCDH (see the module docstring); `build` gives a `DCDHModel`."""
 
     name = "dcdh"
+    model_class = DCDHModel
+    backbone_examples = "'dfh_net' or 'cnn_small'"
+    default_features = 1024
 
-    def code_lengths(self, model_cfg) -> tuple[int, ...]:
-        return base.as_lengths(_field(model_cfg, "bits"))
-
-    def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> DCDHModel:
-        """The DCDH model from the config's `model` group; `num_classes` sets the centres."""
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'dfh_net' or 'cnn_small').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+    def model_kwargs(self, model_cfg, num_classes: int) -> dict:
+        """`num_classes` sets the centres; `model.encode` the code (checked)."""
         encode = _field(model_cfg, "encode", "sign")
         if encode not in _ENCODINGS:
             raise ValueError(f"model.encode must be one of {_ENCODINGS}, got {encode!r}.")
-        return DCDHModel(
-            in_channels,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
-            features=int(_field(model_cfg, "features", 1024)),
-            code_lengths=self.code_lengths(model_cfg),
-            num_classes=int(num_classes),
-            encode=encode,
-            dtype=_DTYPES[dtype],
-            rngs=rngs,
-        )
+        return dict(num_classes=int(num_classes), encode=encode)
 
     def loss_fn(self, model: DCDHModel, batch, loss_cfg):
         """Sum over heads of `L1 + w2·L2 + wq·Lq` (METHODS §5.5).

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
@@ -54,7 +55,6 @@ from dpq_jax.models.backbones.cnn_small import BN_EPSILON, BN_MOMENTUM
 from dpq_jax.quantizers.divide_and_encode import DivideAndEncode
 from dpq_jax.typing import Array, Float, Int
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _GLOROT = jax.nn.initializers.xavier_uniform()  # Keras' Dense default
 HASH_LAYERS = ("divide_and_encode", "dense")
 
@@ -231,25 +231,22 @@ class DDH(base.HashingMethod):
           ValueError: a missing field, a bad dtype or size, or `features = 0` with a backbone
             other than ddh_net.
         """
-        backbone_cfg = base.as_dict(self._field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'ddh_net' or 'cnn_small').")
-        dtype = self._field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        backbone, kwargs, dtype = base.backbone_and_dtype(
+            model_cfg, what=self.name.upper(), examples="'ddh_net' or 'cnn_small'"
+        )
         slice_size = self._field(model_cfg, "slice_size", 4)
         if isinstance(slice_size, bool) or int(slice_size) != slice_size or slice_size < 1:
             raise ValueError(f"model.slice_size must be a positive int, got {slice_size!r}.")
         return DDHModel(
             in_channels,
             num_classes,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
+            backbone=backbone,
+            backbone_kwargs=kwargs,
             features=int(self._field(model_cfg, "features", 0)),
             code_lengths=self.code_lengths(model_cfg),
             slice_size=int(slice_size),
             hash_layer=self.hash_layer,
-            dtype=_DTYPES[dtype],
+            dtype=dtype,
             rngs=rngs,
         )
 
@@ -290,6 +287,38 @@ class DDH(base.HashingMethod):
 
     def relaxed_codes(self, model: DDHModel, images):
         return model.codes(images)
+
+
+# --- Config groups (the `configs/*_ddh.py` files build theirs with these) --------------------
+# They return `ml_collections.ConfigDict`s; the import sits inside because only configs use them.
+
+
+def model_config(input_hw: tuple[int, int], bits: int | tuple[int, ...]):
+    """`config.model` of a DDH config (METHODS §5.2): the DDH trunk on `input_hw` inputs (its
+    concatenation as the feature width), per code length in `bits` a face feature layer of
+    4k and divide-and-encode in slices of 4; float32 (`bfloat16` on accelerators).
+
+    Example:
+      >>> model_config((32, 32), (12, 48)).backbone.to_dict()
+      {'input_hw': (32, 32), 'name': 'ddh_net'}
+    """
+    model = ml_collections.ConfigDict()
+    model.backbone = ml_collections.ConfigDict({"name": "ddh_net", "input_hw": tuple(input_hw)})
+    model.features = 0  # ddh_net: its concatenation (e.g. 860 at 32×32); other backbones: D
+    model.bits = bits
+    model.slice_size = 4  # divide-and-encode slices; face feature layer = 4k
+    model.dtype = "float32"
+    return model
+
+
+def loss_config():
+    """`config.loss` of DDH (the reference `DDH.py`): CE + 0.01·mean||h| − 1| per head plus
+    Keras' L2 1e-4·Σw² on the kernels."""
+    loss = ml_collections.ConfigDict()
+    loss.quant_weight = 0.01  # weight of mean || |h| - 1 ||_1
+    loss.magnitude_target = 1.0
+    loss.kernel_l2 = 1e-4  # Keras l2(1e-4): 1e-4 * sum w^2 over the kernels
+    return loss
 
 
 METHOD = DDH()

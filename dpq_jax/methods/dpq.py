@@ -60,27 +60,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dpq_jax import config_lib
 from dpq_jax.losses import dvsq
 from dpq_jax.methods import base
+from dpq_jax.methods import progressive as prefix_lib
 from dpq_jax.quantizers import progressive
-from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="DPQ")
 TWO_STAGE = "dpq_two_stage"  # `config.optim.name` of the reference's two-optimizer recipe
-
-
-def bits_per_level(codebook_size: int) -> int:
-    """`ceil(log2 K)`, the bits one level's code takes (as `PQIndex.code_bits` counts them).
-
-    Example:
-      >>> bits_per_level(256), bits_per_level(16)
-      (8, 4)
-    """
-    if not 2 <= codebook_size <= 256:
-        raise ValueError(f"codebook_size K={codebook_size} must be in [2, 256] (uint8 codes).")
-    return (codebook_size - 1).bit_length()
 
 
 def load_label_embeddings(path: str, num_classes: int, dim: int) -> np.ndarray:
@@ -266,33 +254,18 @@ def two_stage_transform(optim_cfg, total_steps: int):
 # ----------------------------------------------------------------------------------------------
 # The method.
 # ----------------------------------------------------------------------------------------------
-class DPQ(base.PQMethod):
+class DPQ(prefix_lib.ProgressiveMethod):
     """DPQ-G (see the module docstring). Query sides: `"raw"` (AQD: the raw embedding, the
-    reported search) and `"soft_quantized"` (the query's soft quantization at l levels)."""
+    reported search) and `"soft_quantized"` (the query's soft quantization at l levels).
+
+    Example:
+      >>> METHOD.code_lengths(dict(quantizer=dict(num_levels=4, codebook_size=256)))
+      (8, 16, 24, 32)
+    """
 
     name = "dpq"
+    config_name = "DPQ"
     query_sides = ("raw", "soft_quantized")
-
-    # --- sizes ----------------------------------------------------------------------------
-    def _levels_and_size(self, model_cfg) -> tuple[int, int]:
-        quantizer = _field(model_cfg, "quantizer")
-        levels = int(_field(quantizer, "num_levels"))
-        size = int(_field(quantizer, "codebook_size"))
-        if levels < 1:
-            raise ValueError(f"model.quantizer.num_levels must be >= 1, got {levels}.")
-        bits_per_level(size)
-        return levels, size
-
-    def code_lengths(self, model_cfg) -> tuple[int, ...]:
-        """`(b, 2b, ..., Lb)` with b = ceil(log2 K): one code length per prefix of the levels.
-
-        Example:
-          >>> cfg = dict(quantizer=dict(num_levels=4, codebook_size=256))
-          >>> METHOD.code_lengths(cfg)
-          (8, 16, 24, 32)
-        """
-        levels, size = self._levels_and_size(model_cfg)
-        return tuple(level * bits_per_level(size) for level in range(1, levels + 1))
 
     # --- network --------------------------------------------------------------------------
     def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> DPQModel:
@@ -302,13 +275,10 @@ class DPQ(base.PQMethod):
           ValueError: a missing field, bad sizes, an unknown dtype or assignment, or a label
             vector file that does not hold `[num_classes, embedding_dim]` vectors.
         """
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'alexnet').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-        levels, size = self._levels_and_size(model_cfg)
+        backbone, kwargs, dtype = base.backbone_and_dtype(
+            model_cfg, what="DPQ", examples="'cnn_small' or 'alexnet'"
+        )
+        levels, _, size = self.quantizer_sizes(model_cfg)
         quantizer = _field(model_cfg, "quantizer")
         embedding_dim = int(_field(model_cfg, "embedding_dim"))
         path = _field(model_cfg, "label_embeddings", "")
@@ -319,8 +289,8 @@ class DPQ(base.PQMethod):
         return DPQModel(
             in_channels,
             num_classes,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
+            backbone=backbone,
+            backbone_kwargs=kwargs,
             features=int(_field(model_cfg, "features")),
             embedding_dim=embedding_dim,
             num_levels=levels,
@@ -329,7 +299,7 @@ class DPQ(base.PQMethod):
             gamma=float(_field(quantizer, "gamma", 1.0)),
             init_std=float(_field(quantizer, "init_std", progressive.CODEBOOK_INIT_STD)),
             label_vectors=vectors,
-            dtype=_DTYPES[dtype],
+            dtype=dtype,
             rngs=rngs,
         )
 
@@ -412,57 +382,91 @@ class DPQ(base.PQMethod):
         _, x = model.embed_images(images)
         return dict(feats=x, soft=model.quantizer(x).soft)
 
-    def database_codes(self, database, head: int) -> np.ndarray:
-        """Head l = `head + 1`: the first l columns of the stored `[N, L]` codes."""
-        return np.asarray(database["codes"][0], np.uint8)[:, : head + 1]
-
     def codebooks_fn(self, model: DPQModel) -> tuple[Float[Array, "l K D"], ...]:
         """The first l codebooks `[l, K, D]` for each head l = 1..L."""
         books = model.quantizer.codebooks[...]
-        return tuple(books[:level] for level in range(1, books.shape[0] + 1))
+        return prefix_lib.prefix_codebooks(books, books.shape[0])
 
-    # --- search -----------------------------------------------------------------------------
-    def _query_vectors(self, queries, levels: int, query_side: str):
-        if query_side == "raw":
-            return queries["feats"]
-        if query_side == "soft_quantized":
-            return queries["soft"][:, levels - 1]
-        raise ValueError(f"query_side must be one of {self.query_sides}, got {query_side!r}.")
 
-    def query_tables(self, queries, *, head, codebooks, query_side):
-        """`[Q, l, K]` progressive inner-product tables `<q, c_ik>` for i < l = head + 1
-        (`lut_progressive`), with q the raw embedding or its l-level soft quantization."""
-        levels = int(np.shape(codebooks)[0])
-        if levels != head + 1:
-            raise ValueError(f"Head {head} searches {head + 1} levels; got {levels} codebooks.")
-        vectors = self._query_vectors(queries, levels, query_side)
-        return luts_lib.lut_progressive(vectors, codebooks, levels)
+# --- Config groups (the `configs/*_dpq.py` files build theirs with these) --------------------
 
-    def query_vectors(self, queries, *, head, codebooks, query_side):
-        """The `[Q, D]` query vectors of the tables (raw, or the l-level soft quantization)."""
-        levels = int(np.shape(codebooks)[0])
-        return np.asarray(self._query_vectors(queries, levels, query_side), np.float32)
 
-    def index(self, codes, *, params, ids=None, query_side):
-        from dpq_jax.search import index as index_lib
+def model_config(
+    backbone: Mapping[str, Any],
+    *,
+    features: int,
+    levels: int,
+    codebook_size: int,
+    assign: str,
+    gamma: float,
+    label_embeddings: str,
+    embedding_dim: int = 300,
+    runlocal: bool = False,
+) -> ml_collections.ConfigDict:
+    """`config.model` of a DPQ config (METHODS §2): `backbone` with a trunk of `features`,
+    x = tanh(fc8) of D = `embedding_dim` (300, the word2vec width), L = `levels` progressive
+    levels of K = `codebook_size` full-dimension codewords (init N(0, 0.01²)), assignment
+    `assign` ("cosine", the code; "l2", the paper) with softmax sharpness `gamma`; float32.
 
-        del query_side
-        return index_lib.PQIndex(
-            np.asarray(params, np.float32),
-            codes,
-            ids,
-            method=self.name,
-            metric="ip",
-            progressive=True,
-        )
+    Args:
+      label_embeddings: "" = learned class vectors, "orthogonal" = fixed with every DVSQ margin
+        1, or a .npy / .txt of [C, D] vectors.
+      runlocal: the tiny sizes of a smoke run (F = 16, D = 8, K ≤ 16); the backbone is the
+        caller's to shrink.
 
-    def index_matches(self, index, *, params, code_length, query_side):
-        return bool(getattr(index, "progressive", False)) and super().index_matches(
-            index, params=params, code_length=code_length, query_side=query_side
-        )
+    Example:
+      >>> model = model_config({"name": "cnn_small"}, features=512, levels=4, codebook_size=256,
+      ...                      assign="cosine", gamma=1.0, label_embeddings="", runlocal=True)
+      >>> model.features, model.embedding_dim, model.quantizer.codebook_size
+      (16, 8, 16)
+    """
+    model = ml_collections.ConfigDict()
+    model.backbone = ml_collections.ConfigDict(dict(backbone))
+    model.features = 16 if runlocal else features  # trunk width F (AlexNet fc7: 4096)
+    model.embedding_dim = 8 if runlocal else embedding_dim  # D of x = tanh(fc8)
+    model.quantizer = ml_collections.ConfigDict()
+    model.quantizer.num_levels = levels  # L: codes of l·log2(K) bits, l = 1..L
+    model.quantizer.codebook_size = min(codebook_size, 16) if runlocal else codebook_size  # K
+    model.quantizer.assign = assign
+    model.quantizer.gamma = gamma
+    model.quantizer.init_std = 0.01
+    model.label_embeddings = label_embeddings
+    model.dtype = "float32"
+    return model
 
-    def describe_search(self, query_side):
-        return f"progressive ADC (inner product, first l levels), query side {query_side!r}"
+
+def loss_config(stop_grad_features: bool = True) -> ml_collections.ConfigDict:
+    """`config.loss` of DPQ (METHODS §2, the released code's weights): the DVSQ adaptive margin,
+    λ = 0.1 × softmax CE, τ = 1, soft distortion, μ = 1 × hard distortion, ν = 0.1 × the joint
+    central loss; `stop_grad_features` (the released code) keeps the quantization loss out of
+    the backbone, false is the paper's end-to-end model."""
+    loss = ml_collections.ConfigDict()
+    loss.semantic_weight = 1.0  # DVSQ adaptive margin
+    loss.classification_weight = 0.1  # λ
+    loss.tau = 1.0
+    loss.mu = 1.0  # hard distortion
+    loss.nu = 0.1  # joint central loss
+    loss.stop_grad_features = stop_grad_features
+    return loss
+
+
+def schedule_optim(
+    schedule: str, optim: ml_collections.ConfigDict, *, total_steps: int
+) -> ml_collections.ConfigDict:
+    """`config.optim` for a config's `schedule` argument: "joint" is `optim`, one chain for every
+    parameter; "two_stage" trains the encoder with `optim` from step 0 and the codebooks with
+    Adam (lr 1e-3, constant) from `total_steps // 2`, as the reference's two optimizers (the
+    trainer builds it through `Method.make_optimizer`).
+
+    Raises:
+      ValueError: another schedule.
+    """
+    if schedule == "joint":
+        return optim
+    if schedule != "two_stage":
+        raise ValueError(f"schedule must be 'joint' or 'two_stage', got {schedule!r}.")
+    codebook = config_lib.optimizer("adam", lr=1e-3, schedule="constant")
+    return two_stage_optim(optim, codebook, codebook_start_step=total_steps // 2)
 
 
 METHOD = DPQ()

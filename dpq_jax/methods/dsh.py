@@ -20,76 +20,30 @@ References:
 """
 
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import jax.numpy as jnp
-from flax import nnx
 
 from dpq_jax.losses.pairwise import pairwise_hashing_loss
-from dpq_jax.methods import base
-from dpq_jax.typing import Array, Float
+from dpq_jax.methods import base, multihead
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="DSH")
-_XAVIER = nnx.initializers.xavier_uniform()
 
 
-class DSHModel(nnx.Module):
-    """Backbone trunk `[B, H, W, C] -> [B, F]` and one FC k head per code length."""
+class DSHModel(multihead.MultiHeadModel):
+    """Backbone trunk `[B, H, W, C] -> [B, F]` and one FC k head per code length; calling it
+    gives the relaxed codes of each head, float32."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        backbone: str,
-        backbone_kwargs: Mapping[str, Any],
-        features: int,
-        code_lengths: tuple[int, ...],
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.backbone = base.make_backbone(
-            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="DSH"
-        )
-        self.heads = nnx.List(
-            [nnx.Linear(features, bits, kernel_init=_XAVIER, rngs=rngs) for bits in code_lengths]
-        )
-        self.code_lengths = code_lengths
-
-    def __call__(self, images: Float[Array, "B H W C"]) -> tuple[Float[Array, "B k"], ...]:
-        """The relaxed codes of each head, float32."""
-        trunk = self.backbone(images).astype(jnp.float32)
-        return tuple(head(trunk) for head in self.heads)
+    method_name = "DSH"
 
 
-class DSH(base.HashingMethod):
-    """DSH (see the module docstring)."""
+class DSH(multihead.MultiHeadHashing):
+    """DSH (see the module docstring); `build` gives a `DSHModel` (`num_classes` is not used:
+    DSH has no classifier)."""
 
     name = "dsh"
-
-    def code_lengths(self, model_cfg) -> tuple[int, ...]:
-        return base.as_lengths(_field(model_cfg, "bits"))
-
-    def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> DSHModel:
-        """The DSH model from the config's `model` group (`num_classes` is not used: DSH has no
-        classifier)."""
-        del num_classes
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'dsh_net' or 'cnn_small').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-        return DSHModel(
-            in_channels,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
-            features=int(_field(model_cfg, "features", 500)),
-            code_lengths=self.code_lengths(model_cfg),
-            dtype=_DTYPES[dtype],
-            rngs=rngs,
-        )
+    model_class = DSHModel
+    backbone_examples = "'dsh_net' or 'cnn_small'"
+    default_features = 500
 
     def loss_fn(self, model: DSHModel, batch, loss_cfg):
         """Sum over heads of DSH's loss with margin `margin_per_bit * k` (METHODS §5.1).
@@ -111,9 +65,6 @@ class DSH(base.HashingMethod):
             aux[f"regularizer_{bits}bit"] = parts["regularizer"]
             aux[f"bit_balance_{bits}bit"] = jnp.mean(jnp.abs(jnp.mean(jnp.sign(codes), axis=0)))
         return total, aux
-
-    def relaxed_codes(self, model: DSHModel, images):
-        return model(images)
 
 
 METHOD = DSH()

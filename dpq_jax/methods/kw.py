@@ -44,20 +44,19 @@ from flax import nnx
 
 from dpq_jax.losses.kw import kw_loss
 from dpq_jax.losses.margin import check_labels
-from dpq_jax.methods import base
+from dpq_jax.methods import base, embedding_pq
 from dpq_jax.quantizers.kw import KWPQHead, KWQuantized
 from dpq_jax.quantizers.pq import soft_quantize
 from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="DPQ-KW")
 _loss_field = functools.partial(base.field, what="DPQ-KW loss")
 # torch.nn.init.xavier_uniform_ on a [C, D] matrix: fan_in D, fan_out C.
 _XAVIER = jax.nn.initializers.xavier_uniform(in_axis=-1, out_axis=-2)
 
 
-class KWModel(nnx.Module):
+class KWModel(embedding_pq.EmbeddingPQModel):
     """Backbone + `KWPQHead` + shared classifier + class centres.
 
     Attributes:
@@ -66,6 +65,8 @@ class KWModel(nnx.Module):
       classifier: `nnx.Param [C, D]`, bias-free, shared by the soft and hard quantizations.
       centers: `nnx.Param [C, D]`, the joint central loss's class centres.
     """
+
+    method_name = "DPQ-KW"
 
     def __init__(
         self,
@@ -103,33 +104,27 @@ class KWModel(nnx.Module):
           ValueError: invalid sizes, reserved keys in `backbone_kwargs`, or num_classes < 1.
           KeyError: an unknown backbone name.
         """
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}.")
-        self.head = KWPQHead(
-            embedding_dim,
-            num_codebooks=num_codebooks,
-            codebook_size=codebook_size,
-            temperature=temperature,
-            use_straight_through=straight_through,
-            init=init,
-            rngs=rngs,
-        )
-        self.backbone = base.make_backbone(
-            backbone,
-            dict(backbone_kwargs or {}),
+        self._init_trunk(
+            lambda: KWPQHead(
+                embedding_dim,
+                num_codebooks=num_codebooks,
+                codebook_size=codebook_size,
+                temperature=temperature,
+                use_straight_through=straight_through,
+                init=init,
+                rngs=rngs,
+            ),
             in_channels,
-            embedding_dim,
+            num_classes,
+            backbone=backbone,
+            backbone_kwargs=backbone_kwargs,
+            embedding_dim=embedding_dim,
             dtype=dtype,
             rngs=rngs,
-            method="DPQ-KW",
         )
         shape = (num_classes, embedding_dim)
         self.classifier = nnx.Param(_XAVIER(rngs.params(), shape, jnp.float32))  # [C, D]
         self.centers = nnx.Param(_XAVIER(rngs.params(), shape, jnp.float32))  # [C, D]
-
-    def embed(self, images: Float[Array, "B H W C"]) -> Float[Array, "B D"]:
-        """The backbone's embedding, float32."""
-        return self.backbone(images).astype(jnp.float32)
 
     def __call__(self, images: Float[Array, "B H W C"]) -> KWQuantized:
         """Backbone then head: the head's `KWQuantized` outputs."""
@@ -167,26 +162,22 @@ class KW(base.PQMethod):
         Raises:
           ValueError: a missing field or invalid sizes (the messages name the fix).
         """
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'sphereface20').")
-        name = backbone_cfg.pop("name")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        name, kwargs, dtype = base.backbone_and_dtype(
+            model_cfg, what="DPQ-KW", examples="'cnn_small' or 'sphereface20'"
+        )
         head = _field(model_cfg, "head")
         return KWModel(
             in_channels,
             num_classes,
             backbone=name,
-            backbone_kwargs=backbone_cfg,
+            backbone_kwargs=kwargs,
             embedding_dim=int(_field(model_cfg, "embedding_dim")),
             num_codebooks=int(_field(head, "num_codebooks")),
             codebook_size=int(_field(head, "codebook_size")),
             temperature=float(_field(head, "temperature", 1.0)),
             init=str(_field(head, "init", "normal")),
             straight_through=bool(_field(head, "straight_through", True)),
-            dtype=_DTYPES[dtype],
+            dtype=dtype,
             rngs=rngs,
         )
 

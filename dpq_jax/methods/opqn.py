@@ -25,18 +25,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
+from dpq_jax import config_lib
 from dpq_jax.losses.margin import check_labels, subspace_cosface
 from dpq_jax.losses.quantization import assignment_entropy
-from dpq_jax.methods import base
-from dpq_jax.quantizers.opqn import (
-    OrthoPQHead,
-    hard_codes,
-    probability_lut,
-    torch_xavier_uniform,
-)
+from dpq_jax.methods import base, embedding_pq
+from dpq_jax.quantizers.opqn import OrthoPQHead, hard_codes, probability_lut
 from dpq_jax.quantizers.pq import soft_quantize, split_subvectors
 from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
@@ -113,7 +110,7 @@ def _dtype(name: Any):
     return name
 
 
-class OPQNModel(nnx.Module):
+class OPQNModel(embedding_pq.EmbeddingPQModel):
     """Backbone + `OrthoPQHead` + per-subspace CosFace classifier weights.
 
     Attributes:
@@ -122,6 +119,8 @@ class OPQNModel(nnx.Module):
       classifier: `nnx.Param [M, C, d]`, torch's Xavier-uniform on the whole tensor (as the
         reference's `weight`): `U(-a, a)`, `a = sqrt(6 / (C d + M d))`.
     """
+
+    method_name = "OPQN"
 
     def __init__(
         self,
@@ -157,32 +156,27 @@ class OPQNModel(nnx.Module):
           ValueError: invalid sizes, reserved keys in `backbone_kwargs`, or num_classes < 1.
           KeyError: an unknown backbone name.
         """
-        kwargs = dict(backbone_kwargs or {})
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}.")
-        self.head = OrthoPQHead(
-            embedding_dim,
-            num_codebooks=num_codebooks,
-            codebook_size=codebook_size,
-            codebook_init=codebook_init,
-            seed=seed,
-            rngs=rngs,
-        )
-        self.backbone = base.make_backbone(
-            backbone,
-            kwargs,
+        self._init_trunk(
+            lambda: OrthoPQHead(
+                embedding_dim,
+                num_codebooks=num_codebooks,
+                codebook_size=codebook_size,
+                codebook_init=codebook_init,
+                seed=seed,
+                rngs=rngs,
+            ),
             in_channels,
-            embedding_dim,
-            dtype=_dtype(dtype),
+            num_classes,
+            backbone=backbone,
+            backbone_kwargs=backbone_kwargs,
+            embedding_dim=embedding_dim,
+            dtype=dtype,
             rngs=rngs,
-            method="OPQN",
         )
-        dim = embedding_dim // num_codebooks
-        # The reference's `weight [M, C, d]` under torch's Xavier fans (C d in, M d out).
-        self.classifier = nnx.Param(
-            torch_xavier_uniform()(rngs.params(), (num_codebooks, num_classes, dim), jnp.float32)
-        )  # [M, C, d]
-        self.num_codebooks = num_codebooks
+        self._init_subspace_classifier(num_codebooks, num_classes, embedding_dim, rngs=rngs)
+
+    def _backbone_dtype(self, dtype):
+        return _dtype(dtype)  # a name ("float32", "bfloat16") or a jnp dtype
 
     def __call__(self, images: Float[Array, "B H W C"]):
         """Backbone then head: returns the head's `QuantizerOutput`."""
@@ -229,16 +223,15 @@ class OPQN(base.PQMethod):
         Raises:
           ValueError: a missing field or invalid sizes (the messages name the fix).
         """
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'sphereface20').")
-        name = backbone_cfg.pop("name")
+        name, kwargs = base.backbone_spec(
+            model_cfg, what="OPQN", examples="'cnn_small' or 'sphereface20'"
+        )
         head = _field(model_cfg, "head")
         return OPQNModel(
             in_channels,
             num_classes,
             backbone=name,
-            backbone_kwargs=backbone_cfg,
+            backbone_kwargs=kwargs,
             embedding_dim=int(_field(model_cfg, "embedding_dim")),
             num_codebooks=int(_field(head, "num_codebooks")),
             codebook_size=int(_field(head, "codebook_size")),
@@ -302,7 +295,7 @@ class OPQN(base.PQMethod):
         Returns:
           dict(feats `[B, D]` float32, codes `([B, M] uint8,)`: one head).
         """
-        feats = model.backbone(images).astype(jnp.float32)
+        feats = model.embed(images)
         codes = hard_codes(split_subvectors(feats, model.num_codebooks), model.head.assign[...])
         return dict(feats=feats, codes=(codes,))
 
@@ -315,7 +308,7 @@ class OPQN(base.PQMethod):
         Returns:
           dict(feats `[B, D]` float32, probs `([B, M, K] float32,)`: one head).
         """
-        feats = model.backbone(images).astype(jnp.float32)
+        feats = model.embed(images)
         probs = probability_lut(
             split_subvectors(feats, model.num_codebooks), model.head.assign[...]
         )
@@ -347,6 +340,121 @@ class OPQN(base.PQMethod):
         if query_side == "raw":
             return np.asarray(queries["feats"], np.float32)
         return np.asarray(luts_lib.soft_quantized_vectors(queries["probs"][head], codebooks))
+
+
+# --- Config groups (the `configs/*opqn*.py` files build theirs with these) -------------------
+# They return `ml_collections.ConfigDict`s; the imports sit inside because only configs use them.
+
+
+def model_config(
+    backbone: Mapping[str, Any], num_codebooks: int, codebook_size: int, embedding_dim: int = 0
+):
+    """`config.model` of an OPQN config: the `backbone` group, an embedding of D =
+    `embedding_dim` (0: M·K, so d = K) and fixed DCT codebooks, M = `num_codebooks` books of
+    K = `codebook_size` codewords (METHODS §1.1). float32; `--config.model.dtype=bfloat16`
+    computes the backbone in bf16 on accelerators (the parameters stay float32).
+
+    Example:
+      >>> model_config({"name": "cnn_small"}, *pq_shape(32)).embedding_dim  # 4 × 256
+      1024
+    """
+    model = ml_collections.ConfigDict()
+    model.backbone = ml_collections.ConfigDict(dict(backbone))
+    model.embedding_dim = embedding_dim or num_codebooks * codebook_size
+    model.head = ml_collections.ConfigDict()
+    model.head.num_codebooks = num_codebooks
+    model.head.codebook_size = codebook_size
+    model.head.codebook_init = "dct"  # or "qr" (random orthonormal)
+    model.head.seed = 0
+    model.dtype = "float32"
+    return model
+
+
+def loss_config(scale: float = 20.0):
+    """`config.loss` of OPQN's subspace CosFace (METHODS §1.2): s = `scale` (the reference's
+    20 for 32×32 models, 40 for VGGFace2 and cross-domain ones), m = 0.5, entropy μ = 0.1."""
+    loss = ml_collections.ConfigDict()
+    loss.scale = scale  # CosFace s
+    loss.margin = 0.5  # CosFace m
+    loss.entropy_weight = 0.1  # μ
+    return loss
+
+
+def optim_config(decay_steps: int, *, lr: float = 0.1):
+    """`config.optim` of the reference's SGD (METHODS §1.3): momentum 0.9, L2 weight decay 5e-4
+    added to the gradient, lr `lr` (0.1) halved every `decay_steps` steps."""
+    return config_lib.optimizer(
+        "sgd",
+        lr=lr,
+        weight_decay=5e-4,
+        decoupled_weight_decay=False,
+        schedule="step",
+        decay_steps=decay_steps,
+        decay_rate=0.5,
+    )
+
+
+def face_config(
+    bits: int,
+    *,
+    input_size: int,
+    protocol: str,
+    input_cfg,
+    train_images: int,
+    epochs: int,
+    decay_epochs: int,
+    scale: float,
+    precision_ks: tuple[int, ...] = (5,),
+    runlocal: bool = False,
+):
+    """An OPQN face experiment with the reference's recipe (METHODS §1), around a face set's
+    `config.input` group; the caller adds its own fields and locks it.
+
+    SphereFace-20 at `input_size` (32: strides 1,2,2,2; 112: 2,2,2,2), the reference's (M, K, D)
+    for `bits` (`reference_shape`), fixed DCT codebooks, subspace CosFace s = `scale`, m = 0.5,
+    entropy μ = 0.1; SGD lr 0.1, momentum 0.9, weight decay 5e-4 for `epochs` epochs of
+    `input_cfg.batch_size` images, the lr halved every `decay_epochs`; the validation split is
+    scored and a checkpoint kept every 5 epochs, the best on validation mAP@all; the test split
+    reports mAP@all and precision at `precision_ks`. `runlocal`: a few-step smoke run with
+    SphereFace-20 at 1/16 width.
+
+    Args:
+      bits: code length.
+      input_size: 32 or 112 pixels.
+      protocol: `faces_seen` or `faces_unseen`.
+      input_cfg: `config.input` (e.g. from `config_lib.image_input`).
+      train_images: the train split size, which turns epochs into steps.
+      epochs, decay_epochs: the schedule (200 / 35 for the 32×32 sets, 160 / 20 at 112×112).
+      scale: CosFace s (20 at 32×32, 40 at 112×112).
+      precision_ks: the evaluators' precision cut-offs.
+      runlocal: shrink to a smoke run.
+
+    Raises:
+      ValueError: an input size or code length the reference does not train.
+    """
+    num_codebooks, codebook_size, embedding_dim = reference_shape(bits, input_size)
+    steps_per_epoch = math.ceil(train_images / input_cfg.batch_size)
+    backbone = {"name": "sphereface20", "input_size": input_size, "width_multiplier": 1.0}
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.protocol = protocol
+    config.input = input_cfg
+    config.method = "opqn"
+    config.model = model_config(backbone, num_codebooks, codebook_size, embedding_dim)
+    config.loss = loss_config(scale)
+    config.optim = optim_config(decay_epochs * steps_per_epoch)
+    config_lib.training(
+        config,
+        total_steps=epochs * steps_per_epoch,
+        ckpt_steps=5 * steps_per_epoch,
+        log_training_steps=100,
+    )
+    config.evals = config_lib.validation_and_test(5 * steps_per_epoch, precision_ks=precision_ks)
+    if runlocal:
+        config_lib.run_locally(config)
+        config.optim.decay_steps = 2
+        config.model.backbone.width_multiplier = 0.0625
+    return config
 
 
 METHOD = OPQN()

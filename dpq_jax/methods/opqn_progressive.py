@@ -57,23 +57,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 from flax import nnx
 
 from dpq_jax.losses.margin import check_labels
 from dpq_jax.losses.opqn_progressive import prefix_margin_loss
-from dpq_jax.methods import base
-from dpq_jax.methods.dpq import bits_per_level
+from dpq_jax.methods import base, embedding_pq
+from dpq_jax.methods import progressive as prefix_lib
 from dpq_jax.quantizers import opqn_progressive as quantizer_lib
 from dpq_jax.quantizers.pq import split_subvectors
-from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="Progressive OPQN")
 
 
-class ProgressiveOPQNModel(nnx.Module):
+class ProgressiveOPQNModel(embedding_pq.EmbeddingPQModel):
     """Backbone + `ProgressiveOrthoHead` + per-subspace CosFace classifier weights.
 
     Attributes:
@@ -82,6 +80,8 @@ class ProgressiveOPQNModel(nnx.Module):
       classifier: `nnx.Param [M, C, d]`, initialised as OPQN's reference (torch's Xavier fans
         on the whole tensor).
     """
+
+    method_name = "Progressive OPQN"
 
     def __init__(
         self,
@@ -101,76 +101,49 @@ class ProgressiveOPQNModel(nnx.Module):
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}.")
-        self.head = quantizer_lib.ProgressiveOrthoHead(
-            embedding_dim,
-            num_levels=num_levels,
-            num_codebooks=num_codebooks,
-            codebook_size=codebook_size,
-            codebook_init=codebook_init,
-            seed=seed,
-            gain_decay=gain_decay,
-            learn_gains=learn_gains,
-            rngs=rngs,
-        )
-        self.backbone = base.make_backbone(
-            backbone,
-            backbone_kwargs,
+        self._init_trunk(
+            lambda: quantizer_lib.ProgressiveOrthoHead(
+                embedding_dim,
+                num_levels=num_levels,
+                num_codebooks=num_codebooks,
+                codebook_size=codebook_size,
+                codebook_init=codebook_init,
+                seed=seed,
+                gain_decay=gain_decay,
+                learn_gains=learn_gains,
+                rngs=rngs,
+            ),
             in_channels,
-            embedding_dim,
+            num_classes,
+            backbone=backbone,
+            backbone_kwargs=backbone_kwargs,
+            embedding_dim=embedding_dim,
             dtype=dtype,
             rngs=rngs,
-            method="Progressive OPQN",
         )
-        dim = embedding_dim // num_codebooks
-        # OPQN's reference `weight [M, C, d]` under torch's xavier_uniform_ fans (C d in, M d
-        # out): a = sqrt(6 / (C d + M d)).
-        init = jax.nn.initializers.variance_scaling(
-            1.0, "fan_avg", "uniform", in_axis=1, out_axis=0
-        )
-        self.classifier = nnx.Param(
-            init(rngs.params(), (num_codebooks, num_classes, dim), jnp.float32)
-        )  # [M, C, d]
-        self.num_codebooks = num_codebooks
+        self._init_subspace_classifier(num_codebooks, num_classes, embedding_dim, rngs=rngs)
 
     def __call__(self, images: Float[Array, "B H W C"]) -> quantizer_lib.ProgressiveOrthoOutput:
         """Backbone then head (training assignment, logits scaled by |x_m|)."""
         return self.head(self.backbone(images))
 
 
-class ProgressiveOPQN(base.PQMethod):
+class ProgressiveOPQN(prefix_lib.ProgressiveMethod):
     """Progressive OPQN (see the module docstring). Query sides: `"soft_quantized"` (default,
-    OPQN's search) and `"raw"` (AQD with the unit target, DPQ's reported search)."""
+    OPQN's search) and `"raw"` (AQD with the unit target, DPQ's reported search).
+
+    Example:
+      >>> cfg = dict(quantizer=dict(num_levels=4, num_codebooks=2, codebook_size=16))
+      >>> METHOD.code_lengths(cfg)
+      (8, 16, 24, 32)
+    """
 
     name = "opqn_progressive"
+    config_name = "Progressive OPQN"
     query_sides = ("soft_quantized", "raw")
-
-    # --- sizes ----------------------------------------------------------------------------
-    def _sizes(self, model_cfg) -> tuple[int, int, int]:
-        quantizer = _field(model_cfg, "quantizer")
-        levels = int(_field(quantizer, "num_levels"))
-        num_codebooks = int(_field(quantizer, "num_codebooks"))
-        size = int(_field(quantizer, "codebook_size"))
-        if levels < 1 or num_codebooks < 1:
-            raise ValueError(
-                f"model.quantizer.num_levels ({levels}) and num_codebooks ({num_codebooks}) "
-                "must be >= 1."
-            )
-        bits_per_level(size)  # K in [2, 256]
-        return levels, num_codebooks, size
-
-    def code_lengths(self, model_cfg) -> tuple[int, ...]:
-        """`(b, 2b, ..., Lb)` with b = M·ceil(log2 K): one code length per prefix of the levels.
-
-        Example:
-          >>> cfg = dict(quantizer=dict(num_levels=4, num_codebooks=1, codebook_size=256))
-          >>> METHOD.code_lengths(cfg)
-          (8, 16, 24, 32)
-        """
-        levels, num_codebooks, size = self._sizes(model_cfg)
-        per_level = num_codebooks * bits_per_level(size)
-        return tuple(level * per_level for level in range(1, levels + 1))
+    subspace_books = True
+    raw_query = "target"
+    books_description = "first l levels of M orthonormal books"
 
     # --- network --------------------------------------------------------------------------
     def build(
@@ -182,19 +155,16 @@ class ProgressiveOPQN(base.PQMethod):
           ValueError: a missing field, bad sizes (K > D/M names the valid (M, K)), or an
             unknown dtype or codebook_init.
         """
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'cnn_small' or 'sphereface20').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-        levels, num_codebooks, size = self._sizes(model_cfg)
+        backbone, kwargs, dtype = base.backbone_and_dtype(
+            model_cfg, what="Progressive OPQN", examples="'cnn_small' or 'sphereface20'"
+        )
+        levels, num_codebooks, size = self.quantizer_sizes(model_cfg)
         quantizer = _field(model_cfg, "quantizer")
         return ProgressiveOPQNModel(
             in_channels,
             num_classes,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
+            backbone=backbone,
+            backbone_kwargs=kwargs,
             embedding_dim=int(_field(model_cfg, "embedding_dim")),
             num_levels=levels,
             num_codebooks=num_codebooks,
@@ -203,7 +173,7 @@ class ProgressiveOPQN(base.PQMethod):
             seed=int(_field(quantizer, "seed", 0)),
             gain_decay=float(_field(quantizer, "gain_decay", quantizer_lib.DEFAULT_GAIN_DECAY)),
             learn_gains=bool(_field(quantizer, "learn_gains", True)),
-            dtype=_DTYPES[dtype],
+            dtype=dtype,
             rngs=rngs,
         )
 
@@ -230,7 +200,7 @@ class ProgressiveOPQN(base.PQMethod):
         weights = model.classifier[...]
         labels = batch["label"]
         check_labels(labels, batch["image"].shape[0], weights.shape[1])  # before the forward
-        feats = model.backbone(batch["image"]).astype(jnp.float32)  # [B, D]
+        feats = model.embed(batch["image"])  # [B, D]
         out = model.head(feats)
         batch_size, levels = out.soft.shape[:2]
         m = model.num_codebooks
@@ -261,78 +231,61 @@ class ProgressiveOPQN(base.PQMethod):
     def encode_fn(self, model: ProgressiveOPQNModel, images) -> dict[str, Any]:
         """Database side (call `model.eval()` first): dict(feats `[B, D]` float32, codes
         `([B, L, M] uint8,)`): every level's codes once; head l reads the first l levels."""
-        feats = model.backbone(images).astype(jnp.float32)
+        feats = model.embed(images)
         return dict(feats=feats, codes=(model.head(feats).codes,))
 
     def query_fn(self, model: ProgressiveOPQNModel, images) -> dict[str, Any]:
         """Query side (call `model.eval()` first): dict(feats `[B, D]`, target `[B, D]` (each
         x_m/|x_m|), soft `[B, L, D]` the soft partial sums with OPQN's normalised assignment)."""
-        feats = model.backbone(images).astype(jnp.float32)
+        feats = model.embed(images)
         out = model.head(feats, scale_by_norm=False)
         return dict(feats=feats, target=out.target, soft=out.soft)
 
-    def database_codes(self, database, head: int) -> np.ndarray:
-        """Head l = `head + 1`: the first l levels of the stored `[N, L, M]` codes, `[N, l·M]`
-        (level-major, the order of `codebooks_fn`'s books)."""
-        codes = np.asarray(database["codes"][0], np.uint8)
-        if codes.ndim != 3:
-            raise ValueError(
-                f"Progressive OPQN stores codes [N, L, M]; got shape {codes.shape}. Encode the "
-                "database with this method's encode_fn."
-            )
-        return codes[:, : head + 1].reshape(codes.shape[0], -1)
-
     def codebooks_fn(self, model: ProgressiveOPQNModel) -> tuple[Float[Array, "lM K D"], ...]:
-        """The first l levels' full-dimension books `[l·M, K, D]` for each head l = 1..L."""
+        """The first l levels' full-dimension books `[l·M, K, D]` for each head l = 1..L
+        (book (i, m) is alpha_i C_im in subspace m's columns): the tables are
+        `<q, alpha_i c_imk>`, q the unit target (`"raw"`) or the l-level soft quantization."""
         head = model.head
         books = quantizer_lib.full_dim_codebooks(head.codebooks[...], head.gains())
-        m = model.num_codebooks
-        return tuple(books[: level * m] for level in range(1, head.num_levels + 1))
+        return prefix_lib.prefix_codebooks(books, head.num_levels)
 
-    # --- search -----------------------------------------------------------------------------
-    def _query_vectors(self, queries, head: int, query_side: str):
-        if query_side == "raw":
-            return queries["target"]
-        if query_side == "soft_quantized":
-            return queries["soft"][:, head]
-        raise ValueError(f"query_side must be one of {self.query_sides}, got {query_side!r}.")
 
-    def query_tables(self, queries, *, head, codebooks, query_side):
-        """`[Q, l·M, K]` progressive inner-product tables `<q, alpha_i c_imk>` (in subspace m)
-        for the l = head + 1 leading levels (`lut_progressive`)."""
-        books = int(np.shape(codebooks)[0])
-        if books % (head + 1):
-            raise ValueError(f"Head {head} searches {head + 1} levels; got {books} books.")
-        vectors = self._query_vectors(queries, head, query_side)
-        return luts_lib.lut_progressive(vectors, codebooks, books)
+def model_config(
+    backbone: Mapping[str, Any],
+    *,
+    levels: int,
+    num_codebooks: int,
+    codebook_size: int,
+    codebook_init: str = "dct",
+    gain_decay: float = 0.5,
+    learn_gains: bool = True,
+    runlocal: bool = False,
+):
+    """`config.model` (an `ml_collections.ConfigDict`) of a progressive OPQN config: `backbone`,
+    D = M·K (so d = K), L = `levels` residual levels of M = `num_codebooks` books of K =
+    `codebook_size` fixed orthonormal codewords (level 1 `codebook_init`: "dct" or "qr"), level
+    l's initial gain `gain_decay`^(l−1) (learned unless `learn_gains` is false); float32.
+    `runlocal`: K ≤ 16 (4-bit levels).
 
-    def query_vectors(self, queries, *, head, codebooks, query_side):
-        """The `[Q, D]` query vectors of the tables (unit target, or l-level soft quantization)."""
-        return np.asarray(self._query_vectors(queries, head, query_side), np.float32)
-
-    def index(self, codes, *, params, ids=None, query_side):
-        from dpq_jax.search import index as index_lib
-
-        del query_side
-        return index_lib.PQIndex(
-            np.asarray(params, np.float32),
-            codes,
-            ids,
-            method=self.name,
-            metric="ip",
-            progressive=True,
-        )
-
-    def index_matches(self, index, *, params, code_length, query_side):
-        return bool(getattr(index, "progressive", False)) and super().index_matches(
-            index, params=params, code_length=code_length, query_side=query_side
-        )
-
-    def describe_search(self, query_side):
-        return (
-            "progressive ADC (inner product, first l levels of M orthonormal books), "
-            f"query side {query_side!r}"
-        )
+    Example:
+      >>> model = model_config({"name": "cnn_small"}, levels=4, num_codebooks=2, codebook_size=256)
+      >>> model.embedding_dim, model.quantizer.seed
+      (512, 0)
+    """
+    size = min(codebook_size, 16) if runlocal else codebook_size
+    model = ml_collections.ConfigDict()
+    model.backbone = ml_collections.ConfigDict(dict(backbone))
+    model.embedding_dim = num_codebooks * size  # D = M·K, so d = K
+    model.quantizer = ml_collections.ConfigDict()
+    model.quantizer.num_levels = levels  # L: codes of l·M·log2(K) bits, l = 1..L
+    model.quantizer.num_codebooks = num_codebooks  # M
+    model.quantizer.codebook_size = size  # K
+    model.quantizer.codebook_init = codebook_init  # level 1: "dct" or "qr"
+    model.quantizer.seed = 0
+    model.quantizer.gain_decay = gain_decay  # initial gain of level l: decay^(l-1)
+    model.quantizer.learn_gains = learn_gains
+    model.dtype = "float32"
+    return model
 
 
 METHOD = ProgressiveOPQN()

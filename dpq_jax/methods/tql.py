@@ -41,19 +41,16 @@ References:
 
 import functools
 from collections.abc import Mapping
-from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
+from dpq_jax import config_lib
 from dpq_jax.losses import triplet
-from dpq_jax.methods import base
+from dpq_jax.methods import base, multihead
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _field = functools.partial(base.field, what="TQL")
-_XAVIER = nnx.initializers.xavier_uniform()
 
 
 def model_config(
@@ -117,65 +114,23 @@ def loss_config(
     return cfg
 
 
-class TQLModel(nnx.Module):
+class TQLModel(multihead.MultiHeadModel):
     """Backbone trunk `[B, H, W, C] -> [B, F]` and one tanh(FC k) head per code length."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        *,
-        backbone: str,
-        backbone_kwargs: Mapping[str, Any],
-        features: int,
-        code_lengths: tuple[int, ...],
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.backbone = base.make_backbone(
-            backbone, backbone_kwargs, in_channels, features, dtype=dtype, rngs=rngs, method="TQL"
-        )
-        self.heads = nnx.List(
-            [nnx.Linear(features, bits, kernel_init=_XAVIER, rngs=rngs) for bits in code_lengths]
-        )
-        self.code_lengths = code_lengths
+    method_name = "TQL"
 
     def __call__(self, images: Float[Array, "B H W C"]) -> tuple[Float[Array, "B k"], ...]:
         """The real-valued descriptors f = tanh(Wz) of each head, float32 in (−1, 1)."""
-        trunk = self.backbone(images).astype(jnp.float32)
-        return tuple(jnp.tanh(head(trunk)) for head in self.heads)
+        return tuple(jnp.tanh(z) for z in super().__call__(images))
 
 
-class TQL(base.HashingMethod):
-    """TQL (see the module docstring)."""
+class TQL(multihead.MultiHeadHashing):
+    """TQL (see the module docstring); `build` gives a `TQLModel` (`num_classes` is not used:
+    TQL has no classifier; `model.features` is required)."""
 
     name = "tql"
-
-    def code_lengths(self, model_cfg) -> tuple[int, ...]:
-        return base.as_lengths(_field(model_cfg, "bits"))
-
-    def build(self, model_cfg, *, num_classes: int, in_channels: int, rngs: nnx.Rngs) -> TQLModel:
-        """The TQL model from the config's `model` group (`num_classes` is not used: TQL has no
-        classifier).
-
-        Raises:
-          ValueError: a missing field, a backbone without a name, or an unknown dtype.
-        """
-        del num_classes
-        backbone_cfg = base.as_dict(_field(model_cfg, "backbone"))
-        if "name" not in backbone_cfg:
-            raise ValueError("model.backbone needs a 'name' (e.g. 'dsh_net' or 'cnn_small').")
-        dtype = _field(model_cfg, "dtype", "float32")
-        if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
-        return TQLModel(
-            in_channels,
-            backbone=backbone_cfg.pop("name"),
-            backbone_kwargs=backbone_cfg,
-            features=int(_field(model_cfg, "features")),
-            code_lengths=self.code_lengths(model_cfg),
-            dtype=_DTYPES[dtype],
-            rngs=rngs,
-        )
+    model_class = TQLModel
+    backbone_examples = "'dsh_net' or 'cnn_small'"
 
     def loss_fn(self, model: TQLModel, batch, loss_cfg):
         """Sum over heads of `tql_loss` with margins `margin_per_bit · k` and
@@ -218,8 +173,96 @@ class TQL(base.HashingMethod):
             aux[f"bit_balance_{bits}bit"] = jnp.mean(jnp.abs(jnp.mean(triplet.sign(codes), axis=0)))
         return total, aux
 
-    def relaxed_codes(self, model: TQLModel, images):
-        return model(images)
+
+def small_image_backbones(input_hw: tuple[int, int]) -> dict[str, tuple]:
+    """`model_config`'s choice of trunks for small images: `dsh_net` (conv-pool-LRN ×3, FC 500)
+    at `input_hw`, and `cnn_small` (32-64-128 channels, 128 features), each with its tiny
+    runlocal variant.
+
+    Example:
+      >>> small_image_backbones((28, 28))["dsh_net"][:2]
+      ({'name': 'dsh_net', 'input_hw': (28, 28)}, 500)
+    """
+    hw = tuple(input_hw)
+    return {
+        "dsh_net": (
+            {"name": "dsh_net", "input_hw": hw},
+            500,
+            ({"name": "dsh_net", "input_hw": hw, "widths": (4, 4, 8)}, 16),
+        ),
+        "cnn_small": (
+            {"name": "cnn_small", "widths": (32, 64, 128)},
+            128,
+            ({"name": "cnn_small", "widths": (4, 8)}, 16),
+        ),
+    }
+
+
+def recipe(
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int,
+    evaluations: int,
+    warmup_steps: int,
+    precision_ks: tuple[int, ...],
+    runlocal: bool,
+) -> None:
+    """Sets the TQL configs' training recipe (ours) on `config` in place: AdamW (lr 1e-3, cosine
+    after `warmup_steps`, weight decay 4e-3) for `steps` steps; validation and a checkpoint
+    `evaluations` times; the test split also ranks f by Euclidean distance (`real_map@all`).
+    `runlocal` shrinks it to a smoke run (class-balanced batches of 4 classes × 4 images).
+
+    `config.input` must be set (`runlocal` shrinks its batches).
+    """
+    config.optim = config_lib.optimizer(
+        "adamw", lr=1e-3, weight_decay=4e-3, schedule="cosine", warmup_steps=warmup_steps
+    )
+    every = max(steps // evaluations, 1)
+    config_lib.training(config, total_steps=steps, ckpt_steps=every)
+    config.evals = config_lib.validation_and_test(every, precision_ks=precision_ks)
+    config.evals.test.real_valued = True  # also rank f by Euclidean distance: real_map@all
+    if runlocal:
+        config_lib.run_locally(config)
+        config.input.classes_per_batch = 4  # 16 = 4 classes x 4 images
+
+
+def small_image_config(
+    arg: ml_collections.ConfigDict,
+    *,
+    protocol: str,
+    data: str,
+    input_hw: tuple[int, int],
+    evaluations: int,
+    warmup_steps: int,
+) -> ml_collections.ConfigDict:
+    """A TQL experiment on a small-image data set (`fmnist`, `cifar10`), from a config's parsed
+    arguments; the caller locks it.
+
+    Input: `config_lib.input_config(data)` (flips, the data set's normalisation), batches of 256
+    drawn by `arg.sampler` ("uniform", or "class_balanced": 8 classes × 32 images). Model: the
+    `arg.backbone` of `small_image_backbones(input_hw)` with heads of `arg.bits` (0: 12 and 48).
+    Loss: `loss_config(arg.quant, arg.mining)`. Training: `recipe` for `arg.steps` steps with
+    `evaluations` validations, `warmup_steps` and P@100. `arg.runlocal`: a smoke run.
+    """
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.protocol = protocol
+    config.input = config_lib.input_config(data, batch_size=256, eval_batch_size=1024)
+    config.input.sampler = arg.sampler
+    config.input.classes_per_batch = 8  # class_balanced: 8 classes x 32 images
+    config.method = "tql"
+    backbones = small_image_backbones(input_hw)
+    config.model = model_config(backbones, arg.backbone, arg.bits, runlocal=arg.runlocal)
+    config.loss = loss_config(arg.quant, arg.mining)  # α = α_q = 0.5k, λ = 1
+    recipe(
+        config,
+        steps=arg.steps,
+        evaluations=evaluations,
+        warmup_steps=warmup_steps,
+        precision_ks=(100,),
+        runlocal=arg.runlocal,
+    )
+    return config
 
 
 METHOD = TQL()

@@ -5,8 +5,6 @@ involved). Oracles: `np.unique(..., axis=0)` for the code groups, and the NumPy 
 `metrics/reference.py` on brute-force Hamming distances (correct and legacy) for the mAP.
 """
 
-import types
-
 import ml_collections
 import numpy as np
 import pytest
@@ -57,34 +55,20 @@ def _data(seed=0):
     return labels, codes
 
 
-def make_evaluator(method, code_lengths, *, hamming_packing="bits", seed=0):
+def make_evaluator(lookup_evaluator, method, code_lengths, *, hamming_packing="bits", seed=0):
+    """An evaluator (the `lookup_evaluator` fixture) whose "encoding" looks `_data`'s codes up."""
     labels, codes = _data(seed)
-    source = types.SimpleNamespace(labels=labels, images=np.zeros((len(labels), 2, 2, 1)))
-    splits = types.SimpleNamespace(
-        query=np.arange(NUM_QUERY),
-        database=np.arange(NUM_QUERY, NUM_QUERY + NUM_DB),
-        summary=lambda: {"query": NUM_QUERY, "database": NUM_DB},
-    )
     cfg = config_lib.retrieval_eval(
         "query", "database", log_steps=0, final=True, hamming_packing=hamming_packing
     )
-    ev = retrieval.RetrievalEvaluator(
-        "test",
+    ev, splits = lookup_evaluator(
+        method,
+        code_lengths,
         cfg,
-        method=method,
-        code_lengths=code_lengths,
-        graphdef=None,
-        source=source,
-        splits=splits,
-        mesh=None,
-        pp_spec="",
-        batch_size=8,
+        labels,
+        NUM_QUERY,
+        lambda indices: {"codes": tuple(c[indices] for c in codes[: len(code_lengths)])},
     )
-    # No network: "encoding" a split looks its codes up.
-    ev._encode_split = lambda fn, state, indices: {
-        "codes": tuple(c[np.asarray(indices)] for c in codes[: len(code_lengths)])
-    }
-    ev._code_params = lambda state: None
     return ev, labels, codes, splits
 
 
@@ -107,8 +91,10 @@ def brute_force(dist, ql, dl):
 
 
 @pytest.mark.parametrize("packing", ["bits", "legacy_compactbit"])
-def test_evaluator_scores_each_packing_like_numpy(packing):
-    ev, labels, codes, splits = make_evaluator(dsh.METHOD, BITS, hamming_packing=packing)
+def test_evaluator_scores_each_packing_like_numpy(packing, lookup_evaluator):
+    ev, labels, codes, splits = make_evaluator(
+        lookup_evaluator, dsh.METHOD, BITS, hamming_packing=packing
+    )
     assert ev.conventions["hamming_packing"] == packing
     assert ("legacy_compactbit" in ev.conventions["search"]) == (packing != "bits")
     metrics = ev.run(state=None)
@@ -135,8 +121,8 @@ def test_evaluator_scores_each_packing_like_numpy(packing):
     assert "test/distinct_codes" not in metrics and "test/largest_code_group" not in metrics
 
 
-def test_single_head_keys_and_report_rows_carry_code_stats():
-    ev, _, codes, splits = make_evaluator(dsh.METHOD, (12,))
+def test_single_head_keys_and_report_rows_carry_code_stats(lookup_evaluator):
+    ev, _, codes, splits = make_evaluator(lookup_evaluator, dsh.METHOD, (12,))
     metrics = ev.run(state=None)
     distinct, largest = unique_oracle(codes[0][splits.database])
     assert metrics["test/distinct_codes"] == distinct
@@ -172,12 +158,12 @@ def test_single_head_keys_and_report_rows_carry_code_stats():
     assert "hamming_packing=bits" in text
 
 
-def test_legacy_packing_is_refused_for_pq_methods_and_unknown_values():
+def test_legacy_packing_is_refused_for_pq_methods_and_unknown_values(lookup_evaluator):
     with pytest.raises(ValueError, match="applies to binary codes only.*'opqn'"):
-        make_evaluator(opqn.METHOD, (32,), hamming_packing="legacy_compactbit")
+        make_evaluator(lookup_evaluator, opqn.METHOD, (32,), hamming_packing="legacy_compactbit")
     with pytest.raises(ValueError, match="hamming_packing must be one of"):
         config_lib.retrieval_eval("q", "d", log_steps=0, final=True, hamming_packing="signs")
-    ev, *_ = make_evaluator(opqn.METHOD, (32,))
+    ev, *_ = make_evaluator(lookup_evaluator, opqn.METHOD, (32,))
     assert "hamming_packing" not in ev.conventions  # PQ codes are not packed bits
 
 
@@ -214,7 +200,7 @@ PQ_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(PQ_CASES))
-def test_pq_code_usage_reaches_the_report(name):
+def test_pq_code_usage_reaches_the_report(name, lookup_evaluator):
     method, lengths, m, k = PQ_CASES[name]
     rng = np.random.default_rng(5)
     n = NUM_QUERY + NUM_DB
@@ -227,7 +213,7 @@ def test_pq_code_usage_reaches_the_report(name):
         ],
         axis=1,
     ).astype(np.uint8)
-    ev, labels, _, splits = make_evaluator(method, lengths)
+    ev, labels, _, splits = make_evaluator(lookup_evaluator, method, lengths)
     ev._encode_split = lambda fn, state, indices: {"codes": (codes[np.asarray(indices)],)}
     books = np.zeros((m, k, 4), np.float32)
     heads = len(lengths)
@@ -252,8 +238,8 @@ def test_pq_code_usage_reaches_the_report(name):
     )
 
 
-def test_binary_code_usage_reaches_the_report():
-    ev, _, codes, splits = make_evaluator(dsh.METHOD, BITS)
+def test_binary_code_usage_reaches_the_report(lookup_evaluator):
+    ev, _, codes, splits = make_evaluator(lookup_evaluator, dsh.METHOD, BITS)
     metrics = ev.run(state=None)
     for head, bits in enumerate(BITS):
         want = _usage_oracle(codes[head][splits.database], "binary")

@@ -418,3 +418,23 @@ def test_configs_load_and_name_registered_parts(name):
     assert config.total_steps == 200 * -(-65000 // 256)
     with pytest.raises(ValueError, match="choose one of"):
         config_lib.load_config(os.path.join(CONFIGS, f"faces_seen_{name}.py"), "bits=16")
+
+
+# --- config groups -------------------------------------------------------------------------------
+def test_model_and_loss_groups_are_the_reference_ddh():
+    model = ddh.model_config((32, 32), (12, 48))
+    assert model.backbone.to_dict() == {"name": "ddh_net", "input_hw": (32, 32)}
+    assert (model.features, model.slice_size, model.dtype) == (0, 4, "float32")
+    built = nnx.eval_shape(
+        lambda: ddh.METHOD.build(model, num_classes=7, in_channels=3, rngs=nnx.Rngs(0))
+    )
+    assert built.code_lengths == (12, 48)
+    # features 0: the trunk's concatenation, 540 + 320 = 860 at 32×32; face layer 4k per head.
+    assert [head.face.kernel.shape for head in built.heads] == [(860, 48), (860, 192)]
+    # DDH.py: 0.01·mean||h| − 1| and Keras l2(1e-4) on the kernels.
+    assert ddh.loss_config().to_dict() == {
+        "quant_weight": 0.01,
+        "magnitude_target": 1.0,
+        "kernel_l2": 1e-4,
+    }
+    assert ddh.model_config([28, 28], 24).backbone.input_hw == (28, 28)

@@ -6,7 +6,6 @@ Oracles: NumPy brute force of the inner product between the raw query embedding 
 reconstruction from the first l codebooks, and the NumPy mAP of `metrics/reference.py`.
 """
 
-import json
 import os
 
 import jax
@@ -15,11 +14,8 @@ import pytest
 from flax import nnx
 
 from dpq_jax import config_lib, inference, train
-from dpq_jax.data import orl, protocols
-from dpq_jax.metrics import reference as metrics_ref
+from dpq_jax.data import orl
 from dpq_jax.quantizers import reference as quant_ref
-from dpq_jax.search import index
-from dpq_jax.search.retriever import Retriever
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "orl_dpq.py")
 BITS = (4, 8, 12, 16)  # runlocal: K = 16 codewords (4 bits) per level, L = 4 levels
@@ -31,82 +27,40 @@ def run(tmp_path_factory, orl_runs):
     yield from orl_runs.tiny_orl_run(tmp_path_factory, "orl_dpq.py", "runlocal")
 
 
-def test_report_has_one_row_per_prefix(run):
+def test_report_has_one_row_per_prefix(run, orl_runs):
     workdir, _, result = run
-    report = json.load(open(os.path.join(workdir, "report.json")))
-    assert report == json.loads(json.dumps(result.report))
-    assert report["bits"] == list(BITS)
-    rows = report["results"]
-    assert [row["bits"] for row in rows] == list(BITS)
-    for row in rows:
-        assert row["search"].startswith("progressive ADC")
-        assert row["conventions"]["query_side"] == "raw"
-        assert set(row["metrics"]) == {"map@all", "p@5"}
-    # A longer prefix refines the grouping of the same items: never fewer distinct codes.
-    distinct = [row["code_stats"]["distinct_codes"] for row in rows]
-    assert distinct == sorted(distinct) and distinct[0] <= 16
-    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    val = [m for m in metrics if "val/4bit/map@all" in m]
-    assert val, "validation logs each prefix"
-    for m in val:  # checkpoint selection: the mean over the prefixes
-        np.testing.assert_allclose(
-            m["val/map@all"], np.mean([m[f"val/{b}bit/map@all"] for b in BITS])
-        )
-    train_logs = [m for m in metrics if "train/loss_semantic" in m]
-    assert train_logs and all(np.isfinite(m["train/loss_quantization"]) for m in train_logs)
-
-
-def test_prefix_scores_equal_numpy_brute_force_of_the_first_levels(run):
-    workdir, source, result = run
-    config, method, model, meta = inference.restore_model(workdir)
-    sp = protocols.get_splits(
-        config.protocol, source.labels, config.seed, split_dir=os.path.join(workdir, "splits")
+    report, _ = orl_runs.check_report_rows(
+        workdir,
+        result,
+        BITS,
+        search="progressive ADC",
+        query_side="raw",
+        metrics={"map@all", "p@5"},
+        prefixes=True,
+        train_keys=("train/loss_semantic", "train/loss_quantization"),
     )
-    labels = np.asarray(source.labels)
-    books = np.asarray(model.quantizer.codebooks[...], np.float64)  # [L, K, D]
-    full = Retriever(config, method, model, meta, code_length=BITS[-1])
-    all_codes = full.encode(source.images[sp.database])  # [N, L], encoded once
-    assert all_codes.shape == (len(sp.database), len(BITS))
-    queries = np.asarray(full.query_outputs(source.images[sp.query])["feats"], np.float64)
-    query_outputs = full.query_outputs(source.images[sp.query])
-    params = jax.device_get(method.code_params(model))
-    for level, bits in enumerate(BITS, start=1):
-        head = level - 1
-        codes = all_codes[:, :level]
-        brute = queries @ quant_ref.reconstruct_progressive(codes, books).T  # [Q, N]
-        lut = method.search_queries(query_outputs, head=head, params=params[head], query_side="raw")
-        prefix_index = method.index(codes, params=params[head], query_side="raw")
-        assert prefix_index.progressive and prefix_index.code_bits == bits
-        scores, ids = prefix_index.search(lut, 20)
-        np.testing.assert_allclose(scores, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(scores, -np.sort(-brute, axis=1)[:, :20], rtol=1e-5, atol=1e-5)
-        want = metrics_ref.retrieval_metrics(
-            brute, labels[sp.query], labels[sp.database], map_ks=(-1,), precision_ks=(5,)
-        )
-        row = [row for row in result.report["results"] if row["bits"] == bits][0]
-        np.testing.assert_allclose(row["metrics"]["map@all"], want["map@all"], rtol=1e-5)
-        np.testing.assert_allclose(row["metrics"]["p@5"], want["p@5"], rtol=1e-5)
+    assert report["results"][0]["code_stats"]["distinct_codes"] <= 16  # K codewords at 1 level
 
 
-def test_retriever_saves_and_reloads_a_prefix_index(run, tmp_path):
-    workdir, source, _ = run
-    r = Retriever.from_workdir(workdir, code_length=8)
-    r.add(source.images[:30])
-    # The 8-bit retriever stores the first two levels' codes of the query-side embedding.
-    feats = r.query_outputs(source.images[:30])["feats"]
-    books = np.asarray(r.code_params)  # [2, K, D]: the first two codebooks
-    np.testing.assert_array_equal(
-        r.encode(source.images[:30]), quant_ref.progressive_quantize(feats, books)["codes"]
+def test_prefix_scores_equal_numpy_brute_force_of_the_first_levels(run, orl_runs):
+    def make_brute(model, query_outputs):
+        books = np.asarray(model.quantizer.codebooks[...], np.float64)  # [L, K, D]
+        queries = np.asarray(query_outputs["feats"], np.float64)
+        # [Q, N]: the raw query . the reconstruction from the first l codebooks.
+        return lambda level, codes: queries @ quant_ref.reconstruct_progressive(codes, books).T
+
+    orl_runs.check_prefix_rows_against_brute_force(
+        run, make_brute, BITS, query_side="raw", rtol=1e-5
     )
-    path = r.save(tmp_path / "db8.npz")
-    loaded = index.load_index(path)
-    assert loaded.progressive and loaded.levels == 2 and loaded.code_bits == 8
-    back = Retriever.load(path, workdir)
-    assert back.code_length == 8
-    for a, b in zip(back.search(source.images[:3], 5), r.search(source.images[:3], 5)):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="code lengths"):
-        Retriever.from_workdir(workdir, code_length=32)
+
+
+def test_retriever_saves_and_reloads_a_prefix_index(run, tmp_path, orl_runs):
+    def want_codes(r, images):  # the first two levels' codes of the query-side embedding
+        feats = r.query_outputs(images)["feats"]
+        books = np.asarray(r.code_params)  # [2, K, D]: the first two codebooks
+        return quant_ref.progressive_quantize(feats, books)["codes"]
+
+    assert orl_runs.check_prefix_retriever(run, tmp_path, want_codes).levels == 2
 
 
 def test_two_stage_schedule_trains_the_codebooks_only_from_their_start_step(tmp_path):

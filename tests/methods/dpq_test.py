@@ -1,8 +1,6 @@
 """Tests for the DPQ-G method (dpq_jax.methods.dpq): build, loss against the NumPy twins, the
 stop-gradient switch, the two-stage optimizer, encode-once prefix search, one vs eight devices."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,11 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from dpq_jax import config_lib, parallel, registry
+from dpq_jax import config_lib, registry
 from dpq_jax.losses import reference as loss_ref
 from dpq_jax.methods import dpq as method
 from dpq_jax.quantizers import reference as ref
-from dpq_jax.search import index as index_lib
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -219,44 +216,12 @@ def test_stop_grad_features_stops_the_quantization_gradient_to_the_backbone():
 # --- training -------------------------------------------------------------------------------
 
 
-def _train_step(graphdef, state, batch, *, loss_cfg):
-    model, optimizer = nnx.merge(graphdef, state)
-    (loss, aux), grads = nnx.value_and_grad(
-        lambda m: METHOD.loss_fn(m, batch, loss_cfg), has_aux=True
-    )(model)
-    optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss, aux
-
-
-def _leaves(state):
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-        if jnp.issubdtype(leaf.dtype, jnp.floating)
-    }
-
-
-def test_one_vs_eight_devices(cpu_devices):
+def test_one_vs_eight_devices(cpu_devices, method_checks):
     model = _build()
     model.train()
     graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)))
-    batch = _batch()
-    loss_cfg = _loss_cfg(stop_grad_features=False)
-    step = jax.jit(functools.partial(_train_step, loss_cfg=loss_cfg), static_argnums=0)
-    state1, loss1, aux1 = step(graphdef, state, batch)
-    mesh = parallel.make_mesh(devices=cpu_devices)
-    with jax.set_mesh(mesh):
-        sharded = parallel.put_batch(batch, mesh)
-        assert len(sharded["image"].sharding.device_set) == 8
-        state8, loss8, aux8 = step(
-            graphdef, jax.device_put(state, parallel.replicated(mesh)), sharded
-        )
-    np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
-    for key in aux1:
-        np.testing.assert_allclose(float(aux8[key]), float(aux1[key]), rtol=1e-5, atol=1e-6)
-    leaves1, leaves8 = _leaves(state1), _leaves(state8)
-    for key in leaves1:
-        np.testing.assert_allclose(leaves8[key], leaves1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    step = method_checks.train_step(METHOD, _loss_cfg(stop_grad_features=False))
+    method_checks.check_one_vs_eight_devices(step, graphdef, state, _batch(), cpu_devices)
 
 
 def _two_stage_cfg(start):
@@ -267,13 +232,13 @@ def _two_stage_cfg(start):
     )
 
 
-def test_two_stage_optimizer_freezes_the_codebooks_until_their_start_step():
+def test_two_stage_optimizer_freezes_the_codebooks_until_their_start_step(method_checks):
     model = _build()
     model.train()
     optimizer, schedule = METHOD.make_optimizer(model, _two_stage_cfg(2), total_steps=5)
     assert float(schedule(0)) == pytest.approx(0.05)  # the encoder's, for logging
     graphdef, state = nnx.split((model, optimizer))
-    step = jax.jit(functools.partial(_train_step, loss_cfg=_loss_cfg()), static_argnums=0)
+    step = method_checks.train_step(METHOD, _loss_cfg())
 
     def parts(state):
         m, _ = nnx.merge(graphdef, state)
@@ -282,7 +247,7 @@ def test_two_stage_optimizer_freezes_the_codebooks_until_their_start_step():
     books, kernel = parts(state)
     moves = []
     for _ in range(4):
-        state, _, _ = step(graphdef, state, _batch())
+        state = step(graphdef, state, _batch())[0]
         new_books, new_kernel = parts(state)
         moves.append((np.abs(new_books - books).max(), np.abs(new_kernel - kernel).max()))
         books, kernel = new_books, new_kernel
@@ -309,7 +274,7 @@ def test_joint_optimizer_is_the_default_chain():
 # --- encoding and prefix search -------------------------------------------------------------
 
 
-def _encoded(cpu_devices=None):
+def _encoded():
     model = _build()
     model.eval()
     images = jnp.asarray(_batch(16, seed=1)["image"])
@@ -318,7 +283,7 @@ def _encoded(cpu_devices=None):
     return model, database, queries
 
 
-def test_encode_once_and_every_prefix_is_a_head():
+def test_encode_once_and_every_prefix_is_a_head(method_checks):
     model, database, queries = _encoded()
     (codes,) = database["codes"]
     assert codes.dtype == np.uint8 and codes.shape == (16, LEVELS)
@@ -333,42 +298,58 @@ def test_encode_once_and_every_prefix_is_a_head():
     )
     params = jax.device_get(METHOD.code_params(model))
     assert [p.shape for p in params] == [(level, K, D) for level in range(1, LEVELS + 1)]
-    for head, bits in enumerate(METHOD.code_lengths(_model_cfg())):
-        prefix = METHOD.database_codes(database, head)
-        np.testing.assert_array_equal(prefix, codes[:, : head + 1])
-        index = METHOD.index(prefix, params=params[head], query_side="raw")
-        assert index.progressive and index.code_bits == bits
-        assert METHOD.index_matches(index, params=params[head], code_length=bits, query_side="raw")
-        flat = index_lib.PQIndex(params[head], prefix, method="dpq")  # not progressive
-        assert not METHOD.index_matches(
-            flat, params=params[head], code_length=bits, query_side="raw"
-        )
+    lengths = METHOD.code_lengths(_model_cfg())
+    method_checks.check_prefix_heads(METHOD, database, codes, params, lengths, "raw")
 
 
 @pytest.mark.parametrize("query_side", ["raw", "soft_quantized"])
-def test_prefix_scores_equal_brute_force_of_the_first_levels(query_side):
+def test_prefix_scores_equal_brute_force_of_the_first_levels(query_side, method_checks):
     model, database, queries = _encoded()
     params = jax.device_get(METHOD.code_params(model))
     books = np.asarray(model.quantizer.codebooks[...], np.float64)
     for head in range(LEVELS):
-        levels = head + 1
-        codes = METHOD.database_codes(database, head)
+        codes = database["codes"][0][:, : head + 1]
         vectors = METHOD.query_vectors(
             queries, head=head, codebooks=params[head], query_side=query_side
         )
         want_vectors = queries["feats"] if query_side == "raw" else queries["soft"][:, head]
         np.testing.assert_array_equal(vectors, np.asarray(want_vectors, np.float32))
         brute = np.asarray(vectors, np.float64) @ ref.reconstruct_progressive(codes, books).T
-        luts = np.asarray(
-            METHOD.query_tables(queries, head=head, codebooks=params[head], query_side=query_side)
+        luts = method_checks.check_prefix_search(
+            METHOD, queries, database, params, head, query_side, brute
         )
-        assert luts.shape == (4, levels, K)
-        scores = np.take_along_axis(luts[:, None, :, :], codes[None, :, :, None], 3)[..., 0]
-        np.testing.assert_allclose(scores.sum(-1), brute, rtol=1e-5, atol=1e-6)
-        index = METHOD.index(codes, params=params[head], query_side=query_side)
-        top, ids = index.search(luts, 16)
-        order = np.argsort(-brute, axis=1, kind="stable")
-        np.testing.assert_allclose(top, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(top, np.take_along_axis(brute, order, 1), rtol=1e-5, atol=1e-6)
+        assert luts.shape == (4, head + 1, K)
     with pytest.raises(ValueError, match="query_side"):
         METHOD.query_tables(queries, head=0, codebooks=params[0], query_side="l2")
+
+
+# --- config groups ---------------------------------------------------------------------------
+def test_model_and_loss_groups_are_the_paper_recipe():
+    args = dict(levels=4, codebook_size=256, assign="cosine", gamma=1.0, label_embeddings="")
+    model = method.model_config({"name": "cnn_small"}, features=512, **args)
+    # METHODS §2: x = tanh(fc8) with D = 300, L = 4 levels of K = 256: 8/16/24/32-bit prefixes.
+    assert (model.features, model.embedding_dim, model.quantizer.init_std) == (512, 300, 0.01)
+    assert METHOD.code_lengths(model) == (8, 16, 24, 32)
+    tiny = method.model_config({"name": "cnn_small"}, features=512, runlocal=True, **args)
+    assert (tiny.features, tiny.embedding_dim, tiny.quantizer.codebook_size) == (16, 8, 16)
+    assert METHOD.code_lengths(tiny) == (4, 8, 12, 16)
+    # λ = 0.1 (classification), μ = 1 (hard distortion), ν = 0.1 (joint central loss).
+    assert method.loss_config(False).to_dict() == {
+        "semantic_weight": 1.0,
+        "classification_weight": 0.1,
+        "tau": 1.0,
+        "mu": 1.0,
+        "nu": 0.1,
+        "stop_grad_features": False,
+    }
+
+
+def test_schedule_optim():
+    encoder = config_lib.optimizer("adamw", lr=3e-3, schedule="cosine")
+    assert method.schedule_optim("joint", encoder, total_steps=300) is encoder
+    two = method.schedule_optim("two_stage", encoder, total_steps=301)
+    assert two.name == method.TWO_STAGE and two.encoder is encoder
+    assert two.codebook_start_step == 150  # half way
+    assert (two.codebook.name, two.codebook.lr, two.codebook.schedule) == ("adam", 1e-3, "constant")
+    with pytest.raises(ValueError, match="schedule must be 'joint' or 'two_stage', got 'x'"):
+        method.schedule_optim("x", encoder, total_steps=300)

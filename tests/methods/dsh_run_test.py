@@ -5,9 +5,6 @@ Oracles: brute-force Hamming ranking of the sign bits of the restored model's re
 and the NumPy mAP of `metrics/reference.py`.
 """
 
-import json
-import os
-
 import numpy as np
 import pytest
 
@@ -23,31 +20,23 @@ def run(tmp_path_factory, orl_runs):
     yield from orl_runs.tiny_orl_run(tmp_path_factory, "orl_dsh.py", "runlocal,multihead")
 
 
-def test_report_has_one_row_per_code_length(run):
+def test_report_has_one_row_per_code_length(run, orl_runs):
     workdir, _, result = run
-    report = json.load(open(os.path.join(workdir, "report.json")))
-    assert report == json.loads(json.dumps(result.report))
-    assert report["bits"] == list(BITS)
-    rows = report["results"]
-    assert [row["bits"] for row in rows] == list(BITS)
-    for row in rows:
-        assert row["search"].startswith("Hamming")
-        assert set(row["metrics"]) == {"map@all", "p@5", "p@r2", "r@r2"}
-        assert row["conventions"]["query_side"] == "hamming"
-    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    val = [m for m in metrics if "val/12bit/map@all" in m]
-    assert val, "validation logs each code length"
-    for m in val:  # selection metric: the mean over the code lengths
-        np.testing.assert_allclose(
-            m["val/map@all"], np.mean([m[f"val/{b}bit/map@all"] for b in BITS])
-        )
+    orl_runs.check_report_rows(
+        workdir,
+        result,
+        BITS,
+        search="Hamming",
+        query_side="hamming",
+        metrics={"map@all", "p@5", "p@r2", "r@r2"},
+    )
 
 
 def test_test_map_equals_the_numpy_oracle(run, orl_runs):
     orl_runs.check_hamming_row_against_numpy(*run, bits=48)
 
 
-def test_retriever_serves_each_code_length_and_reloads(run, tmp_path):
+def test_retriever_serves_each_code_length_and_reloads(run, tmp_path, orl_runs):
     workdir, source, _ = run
     for bits in (12, 48):
         r = Retriever.from_workdir(workdir, code_length=bits)
@@ -59,11 +48,9 @@ def test_retriever_serves_each_code_length_and_reloads(run, tmp_path):
         order = np.argsort(brute, axis=1, kind="stable")
         np.testing.assert_array_equal(ids, order)
         np.testing.assert_array_equal(dist, np.take_along_axis(brute, order, 1))
-        path = r.save(tmp_path / f"db{bits}.npz")
-        back = Retriever.load(path, workdir)
-        assert back.code_length == bits and isinstance(back.index, index.BinaryIndex)
-        for a, b in zip(back.search(source.images[:3], 5), r.search(source.images[:3], 5)):
-            np.testing.assert_array_equal(a, b)
+        path = tmp_path / f"db{bits}.npz"
+        loaded = orl_runs.check_saved_index_reloads(r, path, workdir, source.images)
+        assert isinstance(loaded, index.BinaryIndex) and loaded.code_bits == bits
     with pytest.raises(ValueError, match="code lengths"):
         Retriever.from_workdir(workdir, code_length=16)
     # An index of the other code length is refused.

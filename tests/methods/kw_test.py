@@ -252,37 +252,21 @@ def test_straight_through_reaches_the_assignment_and_the_backbone():
 # --- training steps ----------------------------------------------------------------------------
 
 
-def _train_step(graphdef, state, batch):
-    """One functional SGD step (split/merge style); returns new state, loss, aux, grads."""
-    model, optimizer = nnx.merge(graphdef, state)
-    (loss, aux), grads = nnx.value_and_grad(
-        lambda m: method.METHOD.loss_fn(m, batch, LOSS_CFG), has_aux=True
-    )(model)
-    optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss, aux, grads
-
-
 def _make_state(**head):
     model = _build(**head)
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     return nnx.split((model, optimizer))
 
 
-def _leaves(state):
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-        if jnp.issubdtype(leaf.dtype, jnp.floating)
-    }
-
-
 @pytest.mark.parametrize("init", ["normal", "xavier_uniform"])
-def test_step_learns_the_codebooks(init):
+def test_step_learns_the_codebooks(init, method_checks):
     """Unlike OPQN's fixed codewords, one optimizer step moves every codebook (and A, the
     classifier, the centres and the backbone)."""
+    _leaves = method_checks.float_leaves
     graphdef, state = _make_state(init=init)
     before = _leaves(state)
-    new_state, loss, aux, grads = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    step = method_checks.train_step(method.METHOD, LOSS_CFG)
+    new_state, loss, aux, grads = step(graphdef, state, _batch())
     assert bool(jnp.isfinite(loss)) and all(bool(jnp.isfinite(v)) for v in aux.values())
     grad_leaves = _leaves(grads)
     assert any("codebooks" in key for key in grad_leaves)  # differentiated
@@ -303,25 +287,10 @@ def test_step_learns_the_codebooks(init):
     )
 
 
-def test_one_vs_eight_devices(cpu_devices):
+def test_one_vs_eight_devices(cpu_devices, method_checks):
     graphdef, state = _make_state()
-    batch = _batch()
-    step = jax.jit(_train_step, static_argnums=0)
-    state1, loss1, aux1, _ = step(graphdef, state, batch)
-    mesh = parallel.make_mesh(devices=cpu_devices)
-    with jax.set_mesh(mesh):
-        sharded_batch = parallel.put_batch(batch, mesh)
-        assert len(sharded_batch["image"].sharding.device_set) == 8
-        state8, loss8, aux8, _ = step(
-            graphdef, jax.device_put(state, parallel.replicated(mesh)), sharded_batch
-        )
-    np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
-    for key in aux1:
-        np.testing.assert_allclose(float(aux8[key]), float(aux1[key]), rtol=1e-5, atol=1e-6)
-    leaves1, leaves8 = _leaves(state1), _leaves(state8)
-    assert leaves1.keys() == leaves8.keys()
-    for key in leaves1:
-        np.testing.assert_allclose(leaves8[key], leaves1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    step = method_checks.train_step(method.METHOD, LOSS_CFG)
+    method_checks.check_one_vs_eight_devices(step, graphdef, state, _batch(), cpu_devices)
 
 
 def test_loss_rejects_bad_input_eagerly():

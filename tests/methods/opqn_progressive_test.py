@@ -1,8 +1,6 @@
 """Tests for Progressive OPQN (dpq_jax.methods.opqn_progressive): build, loss against the NumPy
 twins, OPQN at one level, encode-once prefix codes and search, one vs eight devices."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,7 +15,6 @@ from dpq_jax.methods import opqn
 from dpq_jax.methods import opqn_progressive as method
 from dpq_jax.quantizers import opqn_progressive_reference as ref
 from dpq_jax.quantizers import reference as opqn_ref
-from dpq_jax.search import index as index_lib
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -203,30 +200,13 @@ def test_loss_rejects_bad_labels_eagerly():
 # --- training -------------------------------------------------------------------------------
 
 
-def _train_step(graphdef, state, batch):
-    model, optimizer = nnx.merge(graphdef, state)
-    (loss, aux), grads = nnx.value_and_grad(
-        lambda m: METHOD.loss_fn(m, batch, LOSS_CFG), has_aux=True
-    )(model)
-    optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss, aux
-
-
-def _leaves(state):
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-        if jnp.issubdtype(leaf.dtype, jnp.floating)
-    }
-
-
-def test_step_trains_assignments_and_gains_but_not_codewords():
+def test_step_trains_assignments_and_gains_but_not_codewords(method_checks):
     model = _build()
     model.train()
     books, gains = np.asarray(model.head.codebooks[...]), np.asarray(model.head.gains())
     assign = np.asarray(model.head.assign[...])
     graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)))
-    state, loss, _ = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    state, loss = method_checks.train_step(METHOD, LOSS_CFG)(graphdef, state, _batch())[:2]
     assert np.isfinite(float(loss))
     trained, _ = nnx.merge(graphdef, state)
     np.testing.assert_array_equal(np.asarray(trained.head.codebooks[...]), books)
@@ -234,26 +214,12 @@ def test_step_trains_assignments_and_gains_but_not_codewords():
     assert not np.array_equal(np.asarray(trained.head.gains()), gains)
 
 
-def test_one_vs_eight_devices(cpu_devices):
+def test_one_vs_eight_devices(cpu_devices, method_checks):
     model = _build()
     model.train()
     graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)))
-    batch = _batch()
-    step = jax.jit(functools.partial(_train_step), static_argnums=0)
-    state1, loss1, aux1 = step(graphdef, state, batch)
-    mesh = parallel.make_mesh(devices=cpu_devices)
-    with jax.set_mesh(mesh):
-        sharded = parallel.put_batch(batch, mesh)
-        assert len(sharded["image"].sharding.device_set) == 8
-        state8, loss8, aux8 = step(
-            graphdef, jax.device_put(state, parallel.replicated(mesh)), sharded
-        )
-    np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
-    for key in aux1:
-        np.testing.assert_allclose(float(aux8[key]), float(aux1[key]), rtol=1e-5, atol=1e-6)
-    leaves1, leaves8 = _leaves(state1), _leaves(state8)
-    for key in leaves1:
-        np.testing.assert_allclose(leaves8[key], leaves1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    step = method_checks.train_step(METHOD, LOSS_CFG)
+    method_checks.check_one_vs_eight_devices(step, graphdef, state, _batch(), cpu_devices)
 
 
 # --- encoding and prefix search -------------------------------------------------------------
@@ -268,7 +234,7 @@ def _encoded(model=None):
     return model, database, queries
 
 
-def test_encode_once_and_every_prefix_is_a_head(cpu_devices):
+def test_encode_once_and_every_prefix_is_a_head(cpu_devices, method_checks):
     model, database, queries = _encoded()
     (codes,) = database["codes"]
     assert codes.dtype == np.uint8 and codes.shape == (16, LEVELS, M)
@@ -280,18 +246,8 @@ def test_encode_once_and_every_prefix_is_a_head(cpu_devices):
         np.testing.assert_allclose(queries[name], query_want[name], rtol=1e-5, atol=1e-6)
     books = jax.device_get(METHOD.code_params(model))
     assert [b.shape for b in books] == [(level * M, K, D) for level in range(1, LEVELS + 1)]
-    for head, bits in enumerate(METHOD.code_lengths(_model_cfg())):
-        prefix = METHOD.database_codes(database, head)
-        np.testing.assert_array_equal(prefix, codes[:, : head + 1].reshape(16, -1))
-        index = METHOD.index(prefix, params=books[head], query_side="soft_quantized")
-        assert index.progressive and index.code_bits == bits
-        assert METHOD.index_matches(
-            index, params=books[head], code_length=bits, query_side="soft_quantized"
-        )
-        flat = index_lib.PQIndex(books[head], prefix, method=METHOD.name)  # not progressive
-        assert not METHOD.index_matches(
-            flat, params=books[head], code_length=bits, query_side="soft_quantized"
-        )
+    lengths = METHOD.code_lengths(_model_cfg())
+    method_checks.check_prefix_heads(METHOD, database, codes, books, lengths, "soft_quantized")
     mesh = parallel.make_mesh(devices=cpu_devices)
     with jax.set_mesh(mesh):
         images = parallel.put_batch(dict(image=_batch(16, seed=1)["image"]), mesh)["image"]
@@ -315,29 +271,37 @@ def test_prefix_codes_equal_a_model_with_only_the_first_levels():
 
 
 @pytest.mark.parametrize("query_side", ["soft_quantized", "raw"])
-def test_prefix_scores_equal_brute_force_of_the_first_levels(query_side):
+def test_prefix_scores_equal_brute_force_of_the_first_levels(query_side, method_checks):
     model, database, queries = _encoded()
     assign, books, gains = _head_params(model)
     params = jax.device_get(METHOD.code_params(model))
     codes = database["codes"][0]
     for head in range(LEVELS):
         levels = head + 1
-        prefix = METHOD.database_codes(database, head)
         vectors = METHOD.query_vectors(
             queries, head=head, codebooks=params[head], query_side=query_side
         )
         want_vectors = queries["target"] if query_side == "raw" else queries["soft"][:, head]
         np.testing.assert_array_equal(vectors, np.asarray(want_vectors, np.float32))
         brute = np.asarray(vectors, np.float64) @ ref.reconstruct(codes[:, :levels], books, gains).T
-        luts = np.asarray(
-            METHOD.query_tables(queries, head=head, codebooks=params[head], query_side=query_side)
+        luts = method_checks.check_prefix_search(
+            METHOD, queries, database, params, head, query_side, brute
         )
         assert luts.shape == (4, levels * M, K)
-        scores = np.take_along_axis(luts[:, None, :, :], prefix[None, :, :, None], 3)[..., 0]
-        np.testing.assert_allclose(scores.sum(-1), brute, rtol=1e-5, atol=1e-6)
-        index = METHOD.index(prefix, params=params[head], query_side=query_side)
-        top, ids = index.search(luts, 16)
-        np.testing.assert_allclose(top, np.take_along_axis(brute, ids, 1), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(top, -np.sort(-brute, axis=1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="query_side"):
         METHOD.query_tables(queries, head=0, codebooks=params[0], query_side="l2")
+
+
+# --- config groups ---------------------------------------------------------------------------
+def test_model_config():
+    model = method.model_config({"name": "cnn_small"}, levels=4, num_codebooks=1, codebook_size=256)
+    # D = M·K; L = 4 levels of one 8-bit book: prefixes of 8, 16, 24 and 32 bits.
+    assert model.embedding_dim == 256 and METHOD.code_lengths(model) == (8, 16, 24, 32)
+    assert (model.quantizer.codebook_init, model.quantizer.gain_decay) == ("dct", 0.5)
+    assert model.quantizer.learn_gains and model.quantizer.seed == 0
+    tiny = method.model_config(
+        {"name": "cnn_small"}, levels=2, num_codebooks=2, codebook_size=256, runlocal=True
+    )
+    # runlocal: K = 16 (4-bit books), D = M·K follows.
+    assert (tiny.quantizer.codebook_size, tiny.embedding_dim) == (16, 32)
+    assert METHOD.code_lengths(tiny) == (8, 16)

@@ -164,16 +164,6 @@ def test_loss_rejects_bad_labels_eagerly():
         method.METHOD.loss_fn(model, _batch(4), dict(scale=1.0, margin=0.1))
 
 
-def _train_step(graphdef, state, batch):
-    """One functional SGD step (split/merge style); returns new state, loss, aux, grads."""
-    model, optimizer = nnx.merge(graphdef, state)
-    (loss, aux), grads = nnx.value_and_grad(
-        lambda m: method.METHOD.loss_fn(m, batch, LOSS_CFG), has_aux=True
-    )(model)
-    optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), loss, aux, grads
-
-
 def _make_state(dtype="float32"):
     model = method.METHOD.build(
         _model_cfg(dtype=dtype), num_classes=NUM_CLASSES, in_channels=1, rngs=nnx.Rngs(0)
@@ -183,18 +173,12 @@ def _make_state(dtype="float32"):
     return nnx.split((model, optimizer))
 
 
-def _leaves(state):
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf, np.float64)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-        if jnp.issubdtype(leaf.dtype, jnp.floating)
-    }
-
-
-def test_step_updates_params_but_not_codebooks():
+def test_step_updates_params_but_not_codebooks(method_checks):
+    _leaves = method_checks.float_leaves
     graphdef, state = _make_state()
     before = _leaves(state)
-    new_state, loss, aux, grads = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    step = method_checks.train_step(method.METHOD, LOSS_CFG)
+    new_state, loss, aux, grads = step(graphdef, state, _batch())
     assert bool(jnp.isfinite(loss)) and all(bool(jnp.isfinite(v)) for v in aux.values())
     grad_leaves = _leaves(grads)
     assert all(np.all(np.isfinite(g)) for g in grad_leaves.values())
@@ -213,32 +197,19 @@ def test_step_updates_params_but_not_codebooks():
     )
 
 
-def test_bfloat16_backbone_loss_finite():
+def test_bfloat16_backbone_loss_finite(method_checks):
     graphdef, state = _make_state("bfloat16")
-    _, loss, _, grads = jax.jit(_train_step, static_argnums=0)(graphdef, state, _batch())
+    step = method_checks.train_step(method.METHOD, LOSS_CFG)
+    _, loss, _, grads = step(graphdef, state, _batch())
     assert bool(jnp.isfinite(loss))
-    assert all(np.all(np.isfinite(g)) for g in _leaves(grads).values())
+    assert all(np.all(np.isfinite(g)) for g in method_checks.float_leaves(grads).values())
 
 
-def test_one_vs_eight_devices(cpu_devices):
+def test_one_vs_eight_devices(cpu_devices, method_checks):
+    """Parameters, BN running statistics and momentum-free SGD state all agree."""
     graphdef, state = _make_state()
-    batch = _batch()
-    step = jax.jit(_train_step, static_argnums=0)
-    state1, loss1, aux1, _ = step(graphdef, state, batch)
-    mesh = parallel.make_mesh(devices=cpu_devices)
-    with jax.set_mesh(mesh):
-        sharded_batch = parallel.put_batch(batch, mesh)
-        assert len(sharded_batch["image"].sharding.device_set) == 8
-        state8, loss8, aux8, _ = step(
-            graphdef, jax.device_put(state, parallel.replicated(mesh)), sharded_batch
-        )
-    np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
-    for key in aux1:
-        np.testing.assert_allclose(float(aux8[key]), float(aux1[key]), rtol=1e-5, atol=1e-6)
-    leaves1, leaves8 = _leaves(state1), _leaves(state8)
-    assert leaves1.keys() == leaves8.keys()
-    for key in leaves1:  # parameters, BN running statistics and momentum-free SGD state
-        np.testing.assert_allclose(leaves8[key], leaves1[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    step = method_checks.train_step(method.METHOD, LOSS_CFG)
+    method_checks.check_one_vs_eight_devices(step, graphdef, state, _batch(), cpu_devices)
 
 
 def test_encode_and_query(cpu_devices):
@@ -264,3 +235,87 @@ def test_encode_and_query(cpu_devices):
             jax.device_put(model, parallel.replicated(mesh)), sharded
         )
     np.testing.assert_array_equal(np.asarray(enc8["codes"][0]), np.asarray(codes))
+
+
+# --- config groups ---------------------------------------------------------------------------
+def _face_input(batch_size=256):
+    return ml_collections.ConfigDict(dict(batch_size=batch_size, eval_batch_size=512))
+
+
+def test_face_config_is_the_reference_recipe_at_32_pixels():
+    config = method.face_config(
+        48,
+        input_size=32,
+        protocol="faces_seen",
+        input_cfg=_face_input(),
+        train_images=65000,
+        epochs=200,
+        decay_epochs=35,
+        scale=20.0,
+    )
+    steps_per_epoch = 254  # ceil(65000 / 256)
+    # METHODS §1.1: 48 bits at 32×32 = 8 books of 64 codewords, D = 512; SphereFace-20.
+    assert (config.model.head.num_codebooks, config.model.head.codebook_size) == (8, 64)
+    assert config.model.embedding_dim == 512 and config.model.head.codebook_init == "dct"
+    assert config.model.backbone.to_dict() == {
+        "name": "sphereface20",
+        "input_size": 32,
+        "width_multiplier": 1.0,
+    }
+    # METHODS §1.2-1.3: CosFace s = 20, m = 0.5, μ = 0.1; SGD 0.1, momentum 0.9, L2 5e-4,
+    # 200 epochs, ×0.5 every 35 epochs; mAP every 5 epochs.
+    assert (config.loss.scale, config.loss.margin, config.loss.entropy_weight) == (20.0, 0.5, 0.1)
+    optim = config.optim
+    assert (optim.name, optim.lr, optim.momentum, optim.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+    assert not optim.decoupled_weight_decay and optim.schedule == "step"
+    assert (optim.decay_steps, optim.decay_rate) == (35 * steps_per_epoch, 0.5)
+    assert config.total_steps == 200 * steps_per_epoch == 50800
+    assert config.evals.val.log_steps == config.ckpt_steps == 5 * steps_per_epoch
+    assert config.evals.test.precision_ks == (5,) and config.select_on == "val/map@all"
+    assert (config.method, config.protocol, config.seed) == ("opqn", "faces_seen", 0)
+
+
+def test_face_config_at_112_pixels_and_runlocal():
+    config = method.face_config(
+        64,
+        input_size=112,
+        protocol="faces_unseen",
+        input_cfg=_face_input(),
+        train_images=2560,
+        epochs=160,
+        decay_epochs=20,
+        scale=40.0,
+        precision_ks=(10,),
+        runlocal=True,
+    )
+    # 64 bits at 112×112: 8 × 256, D = M·K = 2048; a tiny SphereFace-20 for the smoke run.
+    assert (config.model.head.num_codebooks, config.model.head.codebook_size) == (8, 256)
+    assert config.model.embedding_dim == 2048 and config.loss.scale == 40.0
+    assert config.model.backbone.width_multiplier == 0.0625
+    assert (config.total_steps, config.optim.decay_steps, config.input.batch_size) == (4, 2, 16)
+    assert config.evals.test.precision_ks == (10,)
+    with pytest.raises(ValueError, match="bits=32 not supported at 32×32"):
+        method.face_config(
+            32,
+            input_size=32,
+            protocol="faces_seen",
+            input_cfg=_face_input(),
+            train_images=1,
+            epochs=1,
+            decay_epochs=1,
+            scale=20.0,
+        )
+
+
+def test_model_loss_and_optim_groups():
+    model = method.model_config({"name": "cnn_small", "widths": (4, 8)}, 4, 256)
+    assert model.embedding_dim == 1024 and model.backbone.widths == (4, 8)  # D = M·K
+    assert (model.head.num_codebooks, model.head.codebook_size, model.head.seed) == (4, 256, 0)
+    assert method.model_config({"name": "x"}, 6, 64, 516).embedding_dim == 516
+    built = nnx.eval_shape(  # shapes only
+        lambda: method.METHOD.build(model, num_classes=3, in_channels=1, rngs=nnx.Rngs(0))
+    )
+    assert built.head.codebooks.shape == (4, 256, 256)  # [M, K, d = D / M]
+    assert method.loss_config().to_dict() == {"scale": 20.0, "margin": 0.5, "entropy_weight": 0.1}
+    optim = method.optim_config(100, lr=0.01)
+    assert (optim.lr, optim.decay_steps, optim.decay_rate, optim.momentum) == (0.01, 100, 0.5, 0.9)

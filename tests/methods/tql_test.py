@@ -206,3 +206,51 @@ def test_config_arguments_reach_the_loss_and_the_input():
         config_lib.load_config(os.path.join(CONFIGS, "fmnist_tql.py"), "quant=l2")
     with pytest.raises(ValueError, match="backbone must be one of"):
         config_lib.load_config(os.path.join(CONFIGS, "cifar10_tql.py"), "backbone=resnet")
+
+
+def test_small_image_backbones_and_recipe():
+    backbones = tql.small_image_backbones([32, 32])
+    assert backbones["dsh_net"][:2] == ({"name": "dsh_net", "input_hw": (32, 32)}, 500)  # FC 500
+    assert backbones["cnn_small"][:2] == ({"name": "cnn_small", "widths": (32, 64, 128)}, 128)
+    config = ml_collections.ConfigDict()
+    config.input = config_lib.input_config("fmnist", batch_size=256, eval_batch_size=1024)
+    tql.recipe(
+        config, steps=1000, evaluations=4, warmup_steps=200, precision_ks=(100,), runlocal=False
+    )
+    optim = config.optim  # ours: AdamW lr 1e-3, cosine, weight decay 4e-3
+    assert (optim.name, optim.lr, optim.weight_decay, optim.schedule) == (
+        "adamw",
+        1e-3,
+        4e-3,
+        "cosine",
+    )
+    assert optim.warmup_steps == 200 and config.total_steps == 1000
+    assert config.ckpt_steps == config.evals.val.log_steps == 250
+    assert config.evals.test.real_valued and config.evals.test.precision_ks == (100,)
+    tql.recipe(config, steps=3, evaluations=4, warmup_steps=0, precision_ks=(5,), runlocal=True)
+    assert config.ckpt_steps == 2 and config.input.classes_per_batch == 4  # smoke run
+
+
+def test_small_image_config():
+    arg = config_lib.parse_arg(
+        "",
+        quant="pointwise",
+        mining="batch_hard",
+        bits=0,
+        steps=800,
+        sampler="uniform",
+        backbone="cnn_small",
+        runlocal=False,
+    )
+    config = tql.small_image_config(
+        arg, protocol="fmnist", data="fmnist", input_hw=(28, 28), evaluations=8, warmup_steps=50
+    )
+    assert (config.protocol, config.input.dataset, config.method) == (
+        "fmnist",
+        "fashion_mnist",
+        "tql",
+    )
+    assert (config.input.batch_size, config.input.sampler) == (256, "uniform")
+    assert config.model.bits == (12, 48) and config.model.features == 128
+    assert (config.loss.quantization, config.loss.mining) == ("pointwise", "batch_hard")
+    assert config.ckpt_steps == 100 and config.optim.warmup_steps == 50
