@@ -270,10 +270,12 @@ def face_data(
     return f"value_range(0,1)|normalize({mean},{std})", train_images or estimate
 
 
-def cnn_small_trunk(input_hw: tuple[int, int], *, tiny: bool = False) -> ml_collections.ConfigDict:
+def cnn_small_trunk(
+    input_hw: tuple[int, int], *, tiny: bool = False, widths: tuple[int, ...] = (32, 64, 128)
+) -> ml_collections.ConfigDict:
     """`model.backbone` of the PQ methods' CPU configs (OPQN, progressive OPQN, DPQ-G and DPQ-KW
     on fmnist and orl share it, so their rows compare): cnn_small with 32-64-128 channels and a
-    flatten head (Dense 512 + BN); `tiny` (runlocal): 4-8 channels.
+    flatten head (Dense 512 + BN); `widths` sets other channels; `tiny` (runlocal): 4-8.
 
     Example:
       >>> cnn_small_trunk((28, 28), tiny=True).widths
@@ -282,7 +284,7 @@ def cnn_small_trunk(input_hw: tuple[int, int], *, tiny: bool = False) -> ml_coll
     return ml_collections.ConfigDict(
         {
             "name": "cnn_small",
-            "widths": (4, 8) if tiny else (32, 64, 128),
+            "widths": (4, 8) if tiny else tuple(widths),
             "pool": "flatten",
             "input_hw": tuple(input_hw),
         }
@@ -317,10 +319,7 @@ def orl_input_and_trunk(
         raise ValueError(f"size={size!r}; choose one of {sorted(ORL_SIZES)} (the input height).")
     preset, hw, widths = ORL_SIZES[size]
     cfg_input = input_config(preset, batch_size=64, eval_batch_size=64)
-    trunk = cnn_small_trunk(hw, tiny=tiny)
-    if not tiny:
-        trunk.widths = widths
-    return cfg_input, trunk
+    return cfg_input, cnn_small_trunk(hw, tiny=tiny, widths=widths)
 
 
 def optimizer(

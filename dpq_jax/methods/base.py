@@ -378,6 +378,23 @@ def make_backbone(
 DTYPE_NAMES = ("bfloat16", "float32")
 
 
+def compute_dtype(name: str) -> Any:
+    """The jnp dtype of a `model.dtype` name in `DTYPE_NAMES`.
+
+    Raises:
+      ValueError: anything else (one line naming the choices).
+
+    Example:
+      >>> compute_dtype("bfloat16").__name__
+      'bfloat16'
+    """
+    import jax.numpy as jnp
+
+    if not isinstance(name, str) or name not in DTYPE_NAMES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPE_NAMES)}, got {name!r}.")
+    return getattr(jnp, name)
+
+
 def backbone_spec(model_cfg: Any, *, what: str, examples: str) -> tuple[str, dict[str, Any]]:
     """`(name, kwargs)` of `model.backbone`: its name and its other fields (the backbone's
     keyword arguments), as `make_backbone` takes them.
@@ -414,13 +431,8 @@ def backbone_and_dtype(model_cfg: Any, *, what: str, examples: str) -> tuple[str
       >>> name, kwargs, dtype.__name__
       ('cnn_small', {}, 'bfloat16')
     """
-    import jax.numpy as jnp
-
     name, kwargs = backbone_spec(model_cfg, what=what, examples=examples)
-    dtype = field(model_cfg, "dtype", "float32", what=what)
-    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPE_NAMES)}, got {dtype!r}.")
-    return name, kwargs, getattr(jnp, dtype)
+    return name, kwargs, compute_dtype(field(model_cfg, "dtype", "float32", what=what))
 
 
 def head_params(params: tuple[Any, ...] | None, head: int) -> Any:

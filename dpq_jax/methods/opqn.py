@@ -38,8 +38,6 @@ from dpq_jax.quantizers.pq import soft_quantize, split_subvectors
 from dpq_jax.search import luts as luts_lib
 from dpq_jax.typing import Array, Float
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 # This project's shapes for the small ORL / Fashion-MNIST comparisons: K = 256 codewords per
 # book and D = M·K (so d = K). Not the reference's table: see `REFERENCE_SHAPES`.
 BITS_TO_MK = {16: (2, 256), 24: (3, 256), 32: (4, 256), 48: (6, 256), 64: (8, 256)}
@@ -103,11 +101,8 @@ _field = functools.partial(base.field, what="OPQN")
 
 
 def _dtype(name: Any):
-    if isinstance(name, str):
-        if name not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}.")
-        return _DTYPES[name]
-    return name
+    """A `model.dtype` name (`base.compute_dtype`), or a jnp dtype given to `OPQNModel`."""
+    return base.compute_dtype(name) if isinstance(name, str) else name
 
 
 class OPQNModel(embedding_pq.EmbeddingPQModel):
